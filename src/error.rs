@@ -1,0 +1,325 @@
+//! The crate's one error type, [`Error`], and its kinds.
+//! Every kind says what happened and what to do; server messages are kept, with secrets scrubbed.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A boxed error, as tower uses.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a token could not be had, or why the layer could not be built.
+///
+/// The kind is read with the `is_*` predicates. The error is cheap to clone: every request
+/// that waited on one failed token fetch gets the same error.
+///
+/// ```
+/// # async fn run(layer: lengow_auth::LengowAuthLayer) {
+/// match layer.account_id().await {
+///     Ok(id) => println!("account {id}"),
+///     Err(e) if e.is_invalid_credentials() => eprintln!("fix the credentials: {e}"),
+///     Err(e) if e.is_rate_limited() => eprintln!("wait {:?}: {e}", e.retry_after()),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    /// The server's own words, scrubbed of tokens and secrets.
+    message: Option<String>,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `get_token` answered 400, 401 or 403.
+    InvalidCredentials { status: StatusCode },
+    /// `get_token` answered 429.
+    RateLimited { retry_after: Option<Duration> },
+    /// `get_token` answered another error status, or could not be reached.
+    Unavailable {
+        status: Option<StatusCode>,
+        retry_after: Option<Duration>,
+    },
+    /// `get_token` did not answer within the fetch timeout.
+    Timeout { after: Duration },
+    /// `get_token` answered something that is not a token.
+    MalformedResponse,
+    /// The layer's configuration is wrong (a build error or missing environment).
+    Config,
+    /// The layer was used outside a tokio runtime.
+    NoRuntime,
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Self::build(kind, None, None)
+    }
+
+    pub(crate) fn build(kind: Kind, message: Option<String>, source: Option<BoxError>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                message,
+                source,
+            }),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::build(Kind::Config, Some(message.into()), None)
+    }
+
+    pub(crate) fn malformed(message: impl Into<String>) -> Self {
+        Self::build(Kind::MalformedResponse, Some(message.into()), None)
+    }
+
+    /// The credentials were refused by `get_token` (400, 401 or 403). No token is requested
+    /// again until the cooldown ends: fix the credentials.
+    pub fn is_invalid_credentials(&self) -> bool {
+        matches!(self.inner.kind, Kind::InvalidCredentials { .. })
+    }
+
+    /// The auth service answered 429: no token is requested before [`Error::retry_after`].
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self.inner.kind, Kind::RateLimited { .. })
+    }
+
+    /// The auth service answered another error status (5xx, Lengow's 530/540, …) or could
+    /// not be reached; token requests back off exponentially.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self.inner.kind, Kind::Unavailable { .. })
+    }
+
+    /// The token request did not finish within the fetch timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.inner.kind, Kind::Timeout { .. })
+    }
+
+    /// The auth service answered something that is not a token (not JSON, no `token`, no
+    /// numeric `account_id`, too large, cut short).
+    pub fn is_malformed_response(&self) -> bool {
+        matches!(self.inner.kind, Kind::MalformedResponse)
+    }
+
+    /// The layer is misconfigured: a bad `api_url`, a missing environment variable, or use
+    /// outside a tokio runtime.
+    pub fn is_config(&self) -> bool {
+        matches!(self.inner.kind, Kind::Config | Kind::NoRuntime)
+    }
+
+    /// How long the auth service asked us to wait (`Retry-After` on a 429 or 503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.inner.kind {
+            Kind::RateLimited { retry_after } | Kind::Unavailable { retry_after, .. } => {
+                retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// The HTTP status `get_token` answered, where it answered one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self.inner.kind {
+            Kind::InvalidCredentials { status } => Some(status),
+            Kind::RateLimited { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+            Kind::Unavailable { status, .. } => status,
+            _ => None,
+        }
+    }
+
+    /// The server's message, with any token or secret replaced by `** redacted **`.
+    pub fn server_message(&self) -> Option<&str> {
+        self.inner.message.as_deref()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.inner.kind {
+            Kind::InvalidCredentials { status } => write!(
+                f,
+                "lengow refused the credentials ({}): check the access token and secret; no token is requested again until the cooldown ends",
+                status.as_u16()
+            )?,
+            Kind::RateLimited { retry_after } => {
+                f.write_str("lengow's auth service is rate limiting token requests")?;
+                if let Some(wait) = retry_after {
+                    write!(f, ": no token is requested for {}s", wait.as_secs())?;
+                }
+            }
+            Kind::Unavailable {
+                status,
+                retry_after,
+            } => {
+                match status {
+                    Some(status) => write!(
+                        f,
+                        "lengow's auth service failed with status {}",
+                        status.as_u16()
+                    )?,
+                    None => f.write_str("lengow's auth service could not be reached")?,
+                }
+                match retry_after {
+                    Some(wait) => write!(f, ": no token is requested for {}s", wait.as_secs())?,
+                    None => f.write_str(": token requests back off and retry")?,
+                }
+            }
+            Kind::Timeout { after } => write!(
+                f,
+                "lengow's auth service did not answer within {}ms: token requests back off and retry",
+                after.as_millis()
+            )?,
+            Kind::MalformedResponse => {
+                f.write_str("lengow's auth service answered something that is not a token")?
+            }
+            Kind::Config => f.write_str("lengow-auth is misconfigured")?,
+            Kind::NoRuntime => {
+                f.write_str("lengow-auth needs a tokio runtime: call it from within one")?
+            }
+        }
+        if let Some(message) = &self.inner.message {
+            write!(f, ": {message}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind);
+        if let Some(message) = &self.inner.message {
+            d.field("message", message);
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Replaces every occurrence of `secrets` and every uuid-like run (Lengow's token shape) in
+/// `text` with `** redacted **`, and caps its length.
+pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
+    const MAX: usize = 512;
+    const REDACTED: &str = "** redacted **";
+    let mut out = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        if out.contains(secret) {
+            out = out.replace(secret, REDACTED);
+        }
+    }
+    let out = scrub_uuids(&out, REDACTED);
+    if out.len() > MAX {
+        let mut end = MAX;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &out[..end])
+    } else {
+        out
+    }
+}
+
+/// Replaces runs shaped like `8-4-4-4-12` hex digits.
+fn scrub_uuids(text: &str, with: &str) -> String {
+    const SHAPE: [usize; 5] = [8, 4, 4, 4, 12];
+    let bytes = text.as_bytes();
+    let matches_at = |start: usize| -> Option<usize> {
+        let mut i = start;
+        for (n, len) in SHAPE.iter().enumerate() {
+            if n > 0 {
+                if bytes.get(i) != Some(&b'-') {
+                    return None;
+                }
+                i += 1;
+            }
+            let run = bytes.get(i..i + len)?;
+            if !run.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            i += len;
+        }
+        Some(i)
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut copied = 0;
+    while i < bytes.len() {
+        let boundary = i == 0 || !bytes[i - 1].is_ascii_hexdigit();
+        match matches_at(i).filter(|_| boundary) {
+            Some(end) => {
+                out.push_str(&text[copied..i]);
+                out.push_str(with);
+                i = end;
+                copied = end;
+            }
+            None => i += 1,
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_replaces_uuid_and_secrets() {
+        let s = scrub(
+            "Token: 0a1b2c3d-0000-4abc-8def-0123456789ab is expired, secret s3cr3t!",
+            &["s3cr3t!"],
+        );
+        assert_eq!(s, "Token: ** redacted ** is expired, secret ** redacted **");
+    }
+
+    #[test]
+    fn scrub_keeps_plain_text_and_caps_length() {
+        assert_eq!(scrub("Invalid credentials", &[]), "Invalid credentials");
+        let long = "x".repeat(2000);
+        assert!(scrub(&long, &[]).chars().count() <= 513);
+    }
+
+    #[test]
+    fn display_is_lowercase_without_trailing_punctuation() {
+        let errors = [
+            Error::new(Kind::InvalidCredentials {
+                status: StatusCode::UNAUTHORIZED,
+            }),
+            Error::new(Kind::RateLimited {
+                retry_after: Some(Duration::from_secs(2)),
+            }),
+            Error::new(Kind::Unavailable {
+                status: Some(StatusCode::SERVICE_UNAVAILABLE),
+                retry_after: None,
+            }),
+            Error::new(Kind::Timeout {
+                after: Duration::from_secs(10),
+            }),
+            Error::malformed("missing `token`"),
+        ];
+        for e in errors {
+            let text = e.to_string();
+            assert!(text.starts_with(|c: char| c.is_lowercase()), "{text}");
+            assert!(!text.ends_with('.'), "{text}");
+        }
+    }
+}

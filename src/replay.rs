@@ -1,0 +1,231 @@
+//! [`ReplayBody`]: the body the inner service is handed, captured as it streams so that a
+//! rejected request can be sent again byte for byte (trailers too), up to a limit.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+/// A body as it was first sent, complete, ready to be sent again.
+#[derive(Default)]
+pub(crate) struct Captured {
+    chunks: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+/// Where a replay gets its body from.
+pub(crate) enum Source {
+    /// The body was empty: the replay is empty too.
+    Empty,
+    /// Filled once the first body has streamed to its end within the limit.
+    Capture(Arc<OnceLock<Captured>>),
+}
+
+impl Source {
+    /// The body for the replay, if the first one was captured whole.
+    pub(crate) fn replay<B>(&self) -> Option<ReplayBody<B>> {
+        let state = match self {
+            Source::Empty => State::Empty,
+            Source::Capture(cell) => {
+                let captured = cell.get()?;
+                State::Replay {
+                    chunks: captured.chunks.clone().into_iter(),
+                    trailers: captured.trailers.clone(),
+                }
+            }
+        };
+        Some(ReplayBody { state })
+    }
+}
+
+pin_project! {
+    /// The request body the inner service receives.
+    ///
+    /// On the first send it streams the caller's body through unchanged, keeping a shared
+    /// handle (not a copy) on each chunk while the total stays within `replay_body_limit`;
+    /// a larger body is let go and streams through unbuffered. On a replay it yields the kept
+    /// chunks and trailers again. It is `Send`, and `Unpin` when the caller's body is.
+    pub struct ReplayBody<B> {
+        #[pin]
+        state: State<B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<B> {
+        Empty,
+        Live {
+            #[pin]
+            body: B,
+            // The chunks seen so far; `None` once over the limit, or when not capturing.
+            kept: Option<Captured>,
+            len: usize,
+            limit: usize,
+            done: Option<Arc<OnceLock<Captured>>>,
+        },
+        Replay {
+            chunks: std::vec::IntoIter<Bytes>,
+            trailers: Option<HeaderMap>,
+        },
+    }
+}
+
+impl<B: Body> ReplayBody<B> {
+    /// Wraps `body` for its first send, capturing it for a replay when `limit` allows; the
+    /// [`Source`] is what the replay is made from. A body too large by its size hint is not
+    /// captured at all.
+    pub(crate) fn capture(body: B, limit: usize) -> (Self, Option<Source>) {
+        if body.is_end_stream() {
+            return (
+                Self {
+                    state: State::Empty,
+                },
+                Some(Source::Empty),
+            );
+        }
+        if body.size_hint().lower() > limit as u64 {
+            return (Self::passthrough(body), None);
+        }
+        let cell = Arc::new(OnceLock::new());
+        let state = State::Live {
+            body,
+            kept: Some(Captured::default()),
+            len: 0,
+            limit,
+            done: Some(Arc::clone(&cell)),
+        };
+        (Self { state }, Some(Source::Capture(cell)))
+    }
+
+    /// Wraps `body` to stream through without being kept.
+    pub(crate) fn passthrough(body: B) -> Self {
+        Self {
+            state: State::Live {
+                body,
+                kept: None,
+                len: 0,
+                limit: 0,
+                done: None,
+            },
+        }
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.project().state.project() {
+            StateProj::Empty => Poll::Ready(None),
+            StateProj::Replay { chunks, trailers } => match chunks.next() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+            StateProj::Live {
+                mut body,
+                kept,
+                len,
+                limit,
+                done,
+            } => {
+                let frame = match ready!(body.as_mut().poll_frame(cx)) {
+                    None => {
+                        finish(kept, done);
+                        return Poll::Ready(None);
+                    }
+                    Some(Err(e)) => {
+                        // A body that failed cannot be replayed.
+                        *kept = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Some(Ok(frame)) => frame,
+                };
+                let frame = match frame.into_data() {
+                    Ok(mut data) => {
+                        let bytes = data.copy_to_bytes(data.remaining());
+                        *len += bytes.len();
+                        if *len > *limit {
+                            if kept.take().is_some() {
+                                tracing::trace!(
+                                    limit = *limit,
+                                    "body over the replay limit: streaming it through"
+                                );
+                            }
+                        } else if let Some(kept) = kept.as_mut() {
+                            kept.chunks.push(bytes.clone());
+                        }
+                        Frame::data(bytes)
+                    }
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(trailers) => {
+                            if let Some(kept) = kept.as_mut() {
+                                kept.trailers = Some(trailers.clone());
+                            }
+                            Frame::trailers(trailers)
+                        }
+                        // A frame kind this crate does not know cannot be replayed.
+                        Err(_) => {
+                            *kept = None;
+                            return Poll::Ready(None);
+                        }
+                    },
+                };
+                // hyper stops polling once the body says it has ended.
+                if body.is_end_stream() {
+                    finish(kept, done);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            State::Empty => true,
+            State::Live { body, .. } => body.is_end_stream(),
+            State::Replay { chunks, trailers } => chunks.len() == 0 && trailers.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            State::Empty => SizeHint::with_exact(0),
+            State::Live { body, .. } => body.size_hint(),
+            State::Replay { chunks, .. } => {
+                SizeHint::with_exact(chunks.as_slice().iter().map(|c| c.len() as u64).sum())
+            }
+        }
+    }
+}
+
+/// Publishes the kept body once it has streamed whole.
+fn finish(kept: &mut Option<Captured>, done: &mut Option<Arc<OnceLock<Captured>>>) {
+    if let (Some(captured), Some(cell)) = (kept.take(), done.take()) {
+        let _ = cell.set(captured);
+    }
+}
+
+impl<B> fmt::Debug for ReplayBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Empty => "empty",
+            State::Live { kept: Some(_), .. } => "first send, kept for replay",
+            State::Live { kept: None, .. } => "streaming through",
+            State::Replay { .. } => "replay",
+        };
+        f.debug_struct("ReplayBody").field("state", &state).finish()
+    }
+}

@@ -1,0 +1,55 @@
+//! Counters of what the layer did, kept with relaxed atomics off every lock.
+//! [`LengowAuthLayer::stats`](crate::LengowAuthLayer::stats) returns a [`Stats`] snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of what a layer (and every service it wrapped) has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `get_token` calls made, whatever their outcome.
+    pub fetches: u64,
+    /// `get_token` calls that failed.
+    pub fetch_failures: u64,
+    /// Fetches started by the background refresher ahead of expiry.
+    pub background_refreshes: u64,
+    /// Fetches forced by the API rejecting the current token.
+    pub forced_refreshes: u64,
+    /// Requests sent a second time after a rejection.
+    pub replays: u64,
+    /// Rejected requests not replayed because their body was over `replay_body_limit`
+    /// or not fully sent.
+    pub replays_skipped: u64,
+    /// Replayed requests that were rejected again; the caller got that rejection.
+    pub rejected_after_replay: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) fetches: AtomicU64,
+    pub(crate) fetch_failures: AtomicU64,
+    pub(crate) background_refreshes: AtomicU64,
+    pub(crate) forced_refreshes: AtomicU64,
+    pub(crate) replays: AtomicU64,
+    pub(crate) replays_skipped: AtomicU64,
+    pub(crate) rejected_after_replay: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            fetches: read(&self.fetches),
+            fetch_failures: read(&self.fetch_failures),
+            background_refreshes: read(&self.background_refreshes),
+            forced_refreshes: read(&self.forced_refreshes),
+            replays: read(&self.replays),
+            replays_skipped: read(&self.replays_skipped),
+            rejected_after_replay: read(&self.rejected_after_replay),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The `POST /access/get_token` call: the request, its deadline and reading the answer.
+//! The token client is type-erased here so the layer carries no type parameter.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use tower::ServiceExt;
+use tower_service::Service;
+
+use super::response::{self, MAX_ANSWER_BYTES, TokenAnswer};
+use super::{Credentials, WallClock};
+use crate::error::{BoxError, Error, Kind};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the token client answered, read whole (up to the limit).
+pub(crate) struct RawAnswer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Result<Bytes, BoxError>,
+}
+
+type CallFn = dyn Fn(Request<Full<Bytes>>) -> BoxFuture<Result<RawAnswer, BoxError>> + Send + Sync;
+
+/// The `User-Agent` of every token request.
+const USER_AGENT: &str = concat!("lengow-auth/", env!("CARGO_PKG_VERSION"));
+
+/// Makes `get_token` calls through the user's token client.
+pub(crate) struct Fetcher {
+    call: Arc<CallFn>,
+    endpoint: Uri,
+    form: Bytes,
+    credentials: Credentials,
+    timeout: Duration,
+}
+
+impl Fetcher {
+    pub(crate) fn new<C, B>(
+        client: C,
+        endpoint: Uri,
+        credentials: Credentials,
+        timeout: Duration,
+    ) -> Self
+    where
+        C: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        C::Error: Into<BoxError>,
+        C::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let call = move |request: Request<Full<Bytes>>| -> BoxFuture<Result<RawAnswer, BoxError>> {
+            let client = client.clone();
+            Box::pin(async move {
+                let response = client.oneshot(request).await.map_err(Into::into)?;
+                let (parts, body) = response.into_parts();
+                let body = Limited::new(body, MAX_ANSWER_BYTES)
+                    .collect()
+                    .await
+                    .map(|collected| collected.to_bytes());
+                Ok(RawAnswer {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                })
+            })
+        };
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("access_token", &credentials.access_token)
+            .append_pair("secret", &credentials.secret)
+            .finish();
+        Self {
+            call: Arc::new(call),
+            endpoint,
+            form: Bytes::from(form),
+            credentials,
+            timeout,
+        }
+    }
+
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(self.form.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.endpoint.clone();
+        let headers = request.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        request
+    }
+
+    /// One `get_token` call, bounded by the fetch timeout.
+    pub(crate) async fn fetch(&self, clock: &dyn WallClock) -> Result<TokenAnswer, Error> {
+        let secrets = [
+            self.credentials.secret.as_str(),
+            self.credentials.access_token.as_str(),
+        ];
+        let answer = match tokio::time::timeout(self.timeout, (self.call)(self.request())).await {
+            Err(_) => {
+                return Err(Error::new(Kind::Timeout {
+                    after: self.timeout,
+                }));
+            }
+            Ok(Err(e)) => {
+                let text = crate::error::scrub(&e.to_string(), &secrets);
+                return Err(Error::build(
+                    Kind::Unavailable {
+                        status: None,
+                        retry_after: None,
+                    },
+                    Some(text),
+                    Some(e),
+                ));
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        let body = match answer.body {
+            Ok(body) => body,
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Error::malformed(format!(
+                    "the answer is longer than {} KiB",
+                    MAX_ANSWER_BYTES / 1024
+                )));
+            }
+            Err(e) => {
+                let text = crate::error::scrub(&e.to_string(), &secrets);
+                return Err(Error::build(
+                    Kind::Unavailable {
+                        status: Some(answer.status),
+                        retry_after: None,
+                    },
+                    Some(format!("the answer was cut short: {text}")),
+                    Some(e),
+                ));
+            }
+        };
+        response::parse(answer.status, &answer.headers, &body, &secrets, clock.now())
+    }
+}

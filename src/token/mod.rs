@@ -1,0 +1,148 @@
+//! Tokens: the credentials, the `get_token` call, the shared cache and its refresher.
+//! Everything that touches the auth service lives below this module.
+
+mod cache;
+mod clock;
+mod credentials;
+mod fetch;
+mod response;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwapOption, Guard};
+use http::HeaderValue;
+use tokio::time::Instant;
+
+pub(crate) use cache::{Cache, CacheConfig};
+pub use clock::{SystemClock, WallClock};
+pub use credentials::Credentials;
+pub(crate) use fetch::Fetcher;
+
+/// Prints `** redacted **` in place of a secret.
+pub(crate) struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("** redacted **")
+    }
+}
+
+/// A token the layer holds, with the header value it is sent as.
+pub(crate) struct Token {
+    /// `Authorization` value: the raw token (or `Bearer <token>`), marked sensitive.
+    pub(crate) header: HeaderValue,
+    pub(crate) account_id: u64,
+    pub(crate) user_id: Option<u64>,
+    /// Counts tokens this layer has held; a rejection names the generation it rejected.
+    pub(crate) generation: u64,
+    usable_until: Instant,
+    wall_usable_until: SystemTime,
+    refresh_at: Instant,
+    /// Fetched because the token before it was rejected.
+    forced: bool,
+    /// The API has accepted this token at least once.
+    proven: AtomicBool,
+}
+
+/// When a token was asked for, by both clocks.
+#[derive(Clone, Copy)]
+pub(crate) struct Asked {
+    pub(crate) at: Instant,
+    pub(crate) wall: SystemTime,
+}
+
+impl Token {
+    /// A token fetched at `asked`, usable until a safety margin before its assumed expiry,
+    /// to be refreshed `refresh_ahead` (less up to 10% jitter) before that expiry.
+    fn new(
+        header: HeaderValue,
+        answer: &response::TokenAnswer,
+        generation: u64,
+        asked: Asked,
+        config: &CacheConfig,
+        forced: bool,
+    ) -> Self {
+        let lifetime = config.lifetime;
+        // A request sent just before expiry must not arrive after it.
+        let margin = (lifetime / 20).min(Duration::from_secs(30));
+        let usable = lifetime - margin;
+        let jitter = config.refresh_ahead.mul_f64(0.1 * fastrand::f64());
+        let refresh_after = lifetime
+            .saturating_sub(config.refresh_ahead)
+            .saturating_sub(jitter)
+            .min(usable);
+        Self {
+            header,
+            account_id: answer.account_id,
+            user_id: answer.user_id,
+            generation,
+            usable_until: asked.at + usable,
+            wall_usable_until: asked.wall + usable,
+            refresh_at: asked.at + refresh_after,
+            forced,
+            proven: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the token may still be sent, by tokio's clock and by the wall clock.
+    #[inline]
+    pub(crate) fn is_usable(&self, now: Instant, wall: SystemTime) -> bool {
+        now < self.usable_until && wall < self.wall_usable_until
+    }
+
+    /// Records that the API accepted this token (cheap when already recorded).
+    #[inline]
+    pub(crate) fn mark_accepted(&self) {
+        if self.forced && !self.proven.load(Ordering::Relaxed) {
+            self.proven.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A forced token that the API has not yet accepted.
+    pub(crate) fn unproven_forced(&self) -> bool {
+        self.forced && !self.proven.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &Redacted)
+            .field("account_id", &self.account_id)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the current token lives: read on every request, replaced after every fetch.
+///
+/// This is the seam for a shared store (one token for a fleet behind one IP): the cache
+/// reads and replaces the current token through these three calls only.
+pub(crate) struct TokenSlot {
+    current: ArcSwapOption<Token>,
+}
+
+impl TokenSlot {
+    fn new() -> Self {
+        Self {
+            current: ArcSwapOption::const_empty(),
+        }
+    }
+
+    /// The current token without touching its reference count.
+    #[inline]
+    pub(crate) fn load(&self) -> Guard<Option<Arc<Token>>> {
+        self.current.load()
+    }
+
+    fn load_full(&self) -> Option<Arc<Token>> {
+        self.current.load_full()
+    }
+
+    fn replace(&self, token: Arc<Token>) {
+        self.current.store(Some(token));
+    }
+}
