@@ -226,13 +226,21 @@ where
                             return Poll::Ready(Ok(response));
                         }
                         Plan::NoReplay => {
-                            skipped(this.shared, "the body is over the replay limit");
+                            skipped(
+                                this.shared,
+                                *this.generation,
+                                "the body is over the replay limit",
+                            );
                             return Poll::Ready(Ok(response));
                         }
                         Plan::Replay(head, source) => (head, source),
                     };
                     let Some(body) = source.replay() else {
-                        skipped(this.shared, "the body was not captured whole");
+                        skipped(
+                            this.shared,
+                            *this.generation,
+                            "the body was not captured whole",
+                        );
                         return Poll::Ready(Ok(response));
                     };
                     tracing::debug!(
@@ -303,9 +311,13 @@ fn accepted(shared: &Shared, generation: u64, unproven: bool) {
     }
 }
 
-fn skipped(shared: &Shared, why: &'static str) {
+/// A rejection returned as is. The token is still refreshed (under the same rules as for a
+/// replay) so that the next request goes out with a good one.
+fn skipped(shared: &Shared, generation: u64, why: &'static str) {
     Counters::bump(&shared.cache.counters.replays_skipped);
     tracing::debug!(why, "request rejected: not replayed");
+    // The fetch runs in its own task; nobody needs to wait for it here.
+    drop(shared.cache.after_rejection(generation));
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>
