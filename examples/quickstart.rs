@@ -18,8 +18,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
 
@@ -37,13 +36,23 @@ async fn main() -> Result<(), BoxError> {
         .service(Client::builder(TokioExecutor::new()).build_http());
 
     let account_id = layer.account_id().await?;
-    let orders = format!("http://{}/v3.0/orders?account_id={account_id}", lengow.addr());
+    let orders = format!(
+        "http://{}/v3.0/orders?account_id={account_id}",
+        lengow.addr()
+    );
     let get = |uri: &str| http::Request::get(uri).body(Full::<Bytes>::default());
 
     // 1. A burst on a warm layer: every request reuses the one token.
-    let burst = (0..100).map(|_| client.clone().oneshot(get(&orders).expect("a valid request")));
+    let burst = (0..100).map(|_| {
+        client
+            .clone()
+            .oneshot(get(&orders).expect("a valid request"))
+    });
     let responses = futures_join_all(burst).await;
-    let ok = responses.iter().filter(|r| matches!(r, Ok(r) if r.status() == 200)).count();
+    let ok = responses
+        .iter()
+        .filter(|r| matches!(r, Ok(r) if r.status() == 200))
+        .count();
     println!(
         "1. {ok}/100 concurrent requests succeeded; token fetches so far: {}",
         lengow.token_fetches()
@@ -62,7 +71,9 @@ async fn main() -> Result<(), BoxError> {
     lengow.revoke_all_tokens();
     let request = http::Request::post(format!("http://{}/v3.0/orders/actions/", lengow.addr()))
         .header("x-request-id", "action-1")
-        .body(Full::from(format!("account_id={account_id}&action_type=ship")))?;
+        .body(Full::from(format!(
+            "account_id={account_id}&action_type=ship"
+        )))?;
     let response = client.clone().oneshot(request).await?;
     let status = response.status();
     let echoed = response.into_body().collect().await?.to_bytes();
@@ -81,7 +92,9 @@ async fn main() -> Result<(), BoxError> {
 }
 
 /// Runs the futures concurrently and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
 where
     F: Send + 'static,
     F::Output: Send + 'static,

@@ -133,6 +133,7 @@ where
             },
             Err(request) => {
                 tracing::trace!("no usable token: waiting for one");
+                Counters::bump(&shared.cache.counters.token_waits);
                 let token = shared.cache.token();
                 let state = State::Token {
                     token,

@@ -43,16 +43,23 @@ pub const DEFAULT_INVALID_CREDENTIALS_COOLDOWN: Duration = Duration::from_secs(6
 /// Build it with [`LengowAuthLayer::builder`].
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use bytes::Bytes;
+/// use http_body_util::Empty;
 /// use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 /// use lengow_auth::{Credentials, LengowAuthLayer};
+/// use tower::{ServiceBuilder, ServiceExt};
 ///
-/// let http = Client::builder(TokioExecutor::new()).build_http();
 /// let layer = LengowAuthLayer::builder(Credentials::from_env()?)
-///     .build(http.clone())?;
-/// let client = tower::ServiceBuilder::new().layer(layer.clone()).service(http);
+///     .build(Client::builder(TokioExecutor::new()).build_http())?; // the client for get_token
+/// let client = ServiceBuilder::new()
+///     .layer(layer.clone())
+///     .service(Client::builder(TokioExecutor::new()).build_http());
+///
 /// let account_id = layer.account_id().await?;
-/// # let _ = (client, account_id);
+/// let uri = format!("https://api.lengow.io/v3.0/orders?account_id={account_id}");
+/// let response = client.oneshot(http::Request::get(uri).body(Empty::<Bytes>::new())?).await?;
+/// # let _ = response;
 /// # Ok(())
 /// # }
 /// ```

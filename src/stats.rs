@@ -22,6 +22,8 @@ pub struct Stats {
     pub replays_skipped: u64,
     /// Replayed requests that were rejected again; the caller got that rejection.
     pub rejected_after_replay: u64,
+    /// Requests that found no usable token and waited for a fetch (or its cached failure).
+    pub token_waits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +35,7 @@ pub(crate) struct Counters {
     pub(crate) replays: AtomicU64,
     pub(crate) replays_skipped: AtomicU64,
     pub(crate) rejected_after_replay: AtomicU64,
+    pub(crate) token_waits: AtomicU64,
 }
 
 impl Counters {
@@ -50,6 +53,7 @@ impl Counters {
             replays: read(&self.replays),
             replays_skipped: read(&self.replays_skipped),
             rejected_after_replay: read(&self.rejected_after_replay),
+            token_waits: read(&self.token_waits),
         }
     }
 }

@@ -1441,3 +1441,49 @@ mod tests {
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 }
+
+/// A wall clock that moves only when told: inject it with
+/// [`LengowAuthBuilder::wall_clock`](crate::LengowAuthBuilder::wall_clock) to play a machine
+/// that slept through a token's expiry (tokio's clock stands still while a machine sleeps).
+///
+/// ```
+/// use std::time::Duration;
+/// use lengow_auth::testing::ManualClock;
+/// use lengow_auth::WallClock;
+///
+/// let clock = ManualClock::new();
+/// let before = clock.now();
+/// clock.advance(Duration::from_secs(7200));
+/// assert_eq!(clock.now().duration_since(before).unwrap(), Duration::from_secs(7200));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    now: Arc<Mutex<std::time::SystemTime>>,
+}
+
+impl ManualClock {
+    /// A clock standing at the system's current time.
+    pub fn new() -> Self {
+        Self {
+            now: Arc::new(Mutex::new(std::time::SystemTime::now())),
+        }
+    }
+
+    /// Moves the clock forward (every clone sees it).
+    pub fn advance(&self, by: Duration) {
+        let mut now = lock(&self.now);
+        *now += by;
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl crate::WallClock for ManualClock {
+    fn now(&self) -> std::time::SystemTime {
+        *lock(&self.now)
+    }
+}

@@ -1,0 +1,364 @@
+//! Behaviour over time on a paused tokio clock, against an in-process auth service and API
+//! (no sockets, so tokio's auto-advance cannot race real I/O). Every figure is a count or an
+//! instant on the paused clock, so these tests are exact and do not depend on machine load.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use lengow_auth::testing::ManualClock;
+use lengow_auth::{LengowAuthBuilder, LengowAuthLayer, ReplayBody};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+/// One scripted answer of the mock `get_token`.
+#[derive(Clone)]
+enum Answer {
+    Token,
+    Status(u16, Option<&'static str>),
+}
+
+#[derive(Default)]
+struct Mock {
+    /// When each `get_token` call came, on tokio's clock.
+    fetches: Vec<Instant>,
+    script: Vec<Answer>,
+    issued: HashMap<String, Instant>,
+    lifetime: Option<Duration>,
+    /// API requests and the ones rejected.
+    requests: usize,
+    rejected: usize,
+    always_reject: bool,
+}
+
+#[derive(Clone, Default)]
+struct Lengow(Arc<Mutex<Mock>>);
+
+impl Lengow {
+    fn new(lifetime: Duration) -> Self {
+        let lengow = Self::default();
+        lengow.0.lock().unwrap().lifetime = Some(lifetime);
+        lengow
+    }
+
+    fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.0.lock().unwrap().script.extend(answers);
+    }
+
+    fn fetches(&self) -> Vec<Instant> {
+        self.0.lock().unwrap().fetches.clone()
+    }
+
+    fn rejected(&self) -> usize {
+        self.0.lock().unwrap().rejected
+    }
+
+    fn revoke(&self) {
+        self.0.lock().unwrap().issued.clear();
+    }
+
+    /// The mock `POST /access/get_token`.
+    fn token_client(
+        self,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static {
+        let lengow = self;
+        tower::service_fn(move |_request: Request<Full<Bytes>>| {
+            let lengow = lengow.clone();
+            async move {
+                let mut mock = lengow.0.lock().unwrap();
+                let n = mock.fetches.len();
+                mock.fetches.push(Instant::now());
+                let answer = if mock.script.is_empty() {
+                    Answer::Token
+                } else {
+                    mock.script.remove(0)
+                };
+                let response = match answer {
+                    Answer::Token => {
+                        let token = format!("token-{n}");
+                        mock.issued.insert(token.clone(), Instant::now());
+                        Response::new(Full::from(format!(
+                            r#"{{"token":"{token}","account_id":7}}"#
+                        )))
+                    }
+                    Answer::Status(status, retry_after) => {
+                        let mut response =
+                            Response::new(Full::from(r#"{"error":{"code":0,"message":"no"}}"#));
+                        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                        if let Some(value) = retry_after {
+                            response
+                                .headers_mut()
+                                .insert("retry-after", value.parse().unwrap());
+                        }
+                        response
+                    }
+                };
+                Ok::<_, Infallible>(response)
+            }
+        })
+    }
+
+    /// The mock API: 200 for a live token, 401 otherwise.
+    fn api(
+        self,
+    ) -> impl Service<
+        Request<ReplayBody<Empty<Bytes>>>,
+        Response = Response<Empty<Bytes>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone {
+        let lengow = self;
+        tower::service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
+            let lengow = lengow.clone();
+            async move {
+                let mut mock = lengow.0.lock().unwrap();
+                mock.requests += 1;
+                let token = request
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                let live = mock.issued.get(token).is_some_and(|issued| {
+                    issued.elapsed() < mock.lifetime.unwrap_or(Duration::MAX)
+                });
+                let mut response = Response::new(Empty::new());
+                if !live || mock.always_reject {
+                    mock.rejected += 1;
+                    *response.status_mut() = StatusCode::UNAUTHORIZED;
+                }
+                Ok::<_, Infallible>(response)
+            }
+        })
+    }
+}
+
+fn builder() -> LengowAuthBuilder {
+    LengowAuthLayer::builder(lengow_auth::Credentials::new("access", "secret"))
+        .api_url("http://127.0.0.1:1".parse().unwrap())
+}
+
+fn get() -> Request<Empty<Bytes>> {
+    Request::get("/v3.0/orders").body(Empty::new()).unwrap()
+}
+
+/// Sends one request; the status, or the layer's error.
+async fn status<S>(client: &S) -> Result<StatusCode, lengow_auth::Error>
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<Empty<Bytes>>, Error = tower::BoxError>
+        + Clone,
+{
+    match client.clone().oneshot(get()).await {
+        Ok(response) => {
+            let status = response.status();
+            let _ = response.into_body().collect().await;
+            Ok(status)
+        }
+        Err(e) => Err(*e
+            .downcast::<lengow_auth::Error>()
+            .expect("a lengow_auth::Error")),
+    }
+}
+
+fn gaps(instants: &[Instant]) -> Vec<Duration> {
+    instants.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_token_is_refreshed_ahead_of_expiry_and_never_sent_expired() {
+    let hour = Duration::from_secs(3600);
+    let lengow = Lengow::new(hour);
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let client = layer.layer(lengow.clone().api());
+    // Three hours of one request a second.
+    for _ in 0..3 * 3600 {
+        assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let fetches = lengow.fetches();
+    assert_eq!(fetches.len(), 4, "{:?}", gaps(&fetches));
+    // Each refresh starts 600 s before the hour, less at most 10% of that as jitter.
+    for gap in gaps(&fetches) {
+        assert!(
+            gap >= Duration::from_secs(2940) && gap <= Duration::from_secs(3000),
+            "{gap:?}"
+        );
+    }
+    assert_eq!(lengow.rejected(), 0);
+    let stats = layer.stats();
+    assert_eq!((stats.background_refreshes, stats.token_waits), (3, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_back_off_from_one_second_doubling_with_jitter_and_a_success_resets() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    lengow.script(vec![Answer::Status(500, None); 8]);
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let client = layer.layer(lengow.clone().api());
+    let mut errors = 0;
+    // A request every 10 ms until a token arrives.
+    while status(&client).await.is_err() {
+        errors += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fetches = lengow.fetches();
+    assert_eq!(fetches.len(), 9);
+    let ceilings = [1, 2, 4, 8, 16, 32, 60, 60];
+    for (gap, ceiling) in gaps(&fetches).into_iter().zip(ceilings) {
+        let ceiling = Duration::from_secs(ceiling);
+        // Jitter shortens a wait by at most half; requests poll every 10 ms.
+        assert!(
+            gap >= ceiling / 2 && gap <= ceiling + Duration::from_millis(20),
+            "{gap:?} vs {ceiling:?}"
+        );
+    }
+    assert!(errors > 100);
+    assert_eq!(layer.stats().fetch_failures, 8);
+    // A success reset the backoff: a new failure waits at most 1 s again.
+    lengow.revoke();
+    lengow.script(vec![Answer::Status(503, None), Answer::Token]);
+    tokio::time::sleep(Duration::from_secs(4000)).await; // the token has expired by now
+    while status(&client).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fetches = lengow.fetches();
+    let last = gaps(&fetches).pop().unwrap();
+    assert!(last <= Duration::from_millis(1020), "{last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_obeyed_and_errors_meanwhile_say_rate_limited() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    lengow.script([Answer::Status(429, Some("30"))]);
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let client = layer.layer(lengow.clone().api());
+    let mut rate_limited = 0;
+    loop {
+        match status(&client).await {
+            Ok(status) => {
+                assert_eq!(status, StatusCode::OK);
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_rate_limited(), "{e}");
+                assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
+                rate_limited += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fetches = lengow.fetches();
+    assert_eq!(fetches.len(), 2);
+    assert!(gaps(&fetches)[0] >= Duration::from_secs(30));
+    assert!(rate_limited >= 299, "{rate_limited}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_are_not_retried_before_the_cooldown() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    lengow.script([Answer::Status(401, None), Answer::Status(403, None)]);
+    let layer = builder()
+        .invalid_credentials_cooldown(Duration::from_secs(120))
+        .build(lengow.clone().token_client())
+        .unwrap();
+    let client = layer.layer(lengow.clone().api());
+    for _ in 0..500 {
+        let e = status(&client).await.unwrap_err();
+        assert!(e.is_invalid_credentials(), "{e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // 100 s of requests: one fetch. At 120 s, the second; then another cooldown.
+    assert_eq!(lengow.fetches().len(), 1);
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    assert!(status(&client).await.unwrap_err().is_invalid_credentials());
+    assert_eq!(lengow.fetches().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_machine_that_slept_past_expiry_does_not_send_the_dead_token() {
+    let lengow = Lengow::new(Duration::MAX);
+    let clock = ManualClock::new();
+    let layer = builder()
+        .wall_clock(clock.clone())
+        .build(lengow.clone().token_client())
+        .unwrap();
+    let client = layer.layer(lengow.clone().api());
+    assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+    // Tokio's clock stood still while the machine slept two hours.
+    clock.advance(Duration::from_secs(7200));
+    assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+    assert_eq!(lengow.fetches().len(), 2);
+    assert_eq!(layer.stats().token_waits, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_refreshes_keep_a_doubling_floor_while_fresh_tokens_are_rejected() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    lengow.0.lock().unwrap().always_reject = true;
+    let layer = builder()
+        .min_refresh_interval(Duration::from_secs(1))
+        .build(lengow.clone().token_client())
+        .unwrap();
+    let client = layer.layer(lengow.clone().api());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        assert_eq!(status(&client).await.unwrap(), StatusCode::UNAUTHORIZED);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The cold fetch, then forced ones at 0, 1, 3, 7 and 15 s.
+    let offsets: Vec<u64> = lengow
+        .fetches()
+        .iter()
+        .map(|t| (*t - started).as_secs())
+        .collect();
+    assert_eq!(offsets, vec![0, 0, 1, 3, 7, 15]);
+    let stats = layer.stats();
+    assert_eq!(stats.forced_refreshes, 5);
+    assert_eq!(stats.replays, stats.rejected_after_replay);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revocation_storm_costs_one_fetch() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let client = layer.layer(lengow.clone().api());
+    layer.account_id().await.unwrap();
+    lengow.revoke();
+    let all = (0..300).map(|_| {
+        let client = client.clone();
+        tokio::spawn(async move { status(&client).await })
+    });
+    for task in all.collect::<Vec<_>>() {
+        assert_eq!(task.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(lengow.fetches().len(), 2);
+    assert_eq!(lengow.rejected(), 300);
+    assert_eq!(layer.stats().replays, 300);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_refresher_ends_when_the_last_handle_is_dropped() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let client = layer.layer(lengow.clone().api());
+    layer.account_id().await.unwrap();
+    drop(client);
+    // Here, and in the token client the cache (held by the layer and the refresher) owns.
+    assert_eq!(Arc::strong_count(&lengow.0), 2);
+    drop(layer);
+    tokio::task::yield_now().await;
+    assert_eq!(Arc::strong_count(&lengow.0), 1, "the refresher still runs");
+    tokio::time::sleep(Duration::from_secs(7200)).await;
+    assert_eq!(lengow.fetches().len(), 1);
+}
