@@ -253,3 +253,50 @@ impl http_body::Body for StreamedBody {
         std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_traffic_across_short_tokens_never_sends_an_expired_one() {
+    let fake = FakeLengow::builder()
+        .token_lifetime(Duration::from_secs(2))
+        .token_delay(Duration::from_millis(300))
+        .start()
+        .await;
+    let layer = builder(&fake)
+        .token_lifetime(Duration::from_secs(2))
+        .refresh_ahead(Duration::from_millis(800))
+        .build(token_client())
+        .unwrap();
+    let client = client::<Full<Bytes>>(&layer);
+    layer.account_id().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (client, fake) = (client.clone(), fake.addr());
+        tasks.spawn(async move {
+            let mut sent = 0;
+            while started.elapsed() < Duration::from_secs(7) {
+                let request = http::Request::get(format!("http://{fake}/v3.0/orders"))
+                    .body(Full::default())
+                    .unwrap();
+                let (response, _) = send(&client, request).await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sent
+        });
+    }
+    let mut sent = 0;
+    while let Some(n) = tasks.join_next().await {
+        sent += n.unwrap();
+    }
+    assert!(sent > 100, "{sent}");
+    assert_eq!(fake.expired_tokens_used(), 0);
+    assert_eq!(fake.rejected_requests(), 0);
+    let fetches = fake.token_fetches();
+    assert!((4..=8).contains(&fetches), "{fetches} fetches");
+    // Only the first fetch made anyone wait; every refresh happened in the background.
+    let stats = layer.stats();
+    assert_eq!(stats.token_waits, 0);
+    assert_eq!(stats.background_refreshes as usize, fetches - 1);
+}
