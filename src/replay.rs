@@ -229,3 +229,140 @@ impl<B> fmt::Debug for ReplayBody<B> {
         f.debug_struct("ReplayBody").field("state", &state).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A body that yields scripted frames, optionally failing after them, and says it has
+    /// ended as soon as its last frame is out (as `Full` does, so hyper stops polling).
+    struct Scripted {
+        frames: VecDeque<Frame<Bytes>>,
+        fail: bool,
+        tell_end: bool,
+    }
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = &'static str;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.frames.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None if self.fail => {
+                    self.fail = false;
+                    Poll::Ready(Some(Err("broken pipe")))
+                }
+                None => Poll::Ready(None),
+            }
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.tell_end && self.frames.is_empty() && !self.fail
+        }
+    }
+
+    /// Drains a body the way hyper does: stops at an error or once it says it has ended.
+    fn drain<B: Body<Data = Bytes> + Unpin>(mut body: B) -> (Vec<u8>, Option<HeaderMap>, bool) {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while !body.is_end_stream() {
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(bytes) => data.extend_from_slice(&bytes),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+                Poll::Ready(Some(Err(_))) => return (data, trailers, true),
+                Poll::Ready(None) => break,
+                Poll::Pending => unreachable!("scripted bodies are always ready"),
+            }
+        }
+        (data, trailers, false)
+    }
+
+    fn trailers() -> HeaderMap {
+        let mut t = HeaderMap::new();
+        t.insert("x-checksum", http::HeaderValue::from_static("abc"));
+        t
+    }
+
+    proptest! {
+        #[test]
+        fn replays_byte_for_byte_within_the_limit_and_never_beyond(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..700), 0..12),
+            limit in 0usize..4000,
+            with_trailers in any::<bool>(),
+            fail in any::<bool>(),
+            tell_end in any::<bool>(),
+        ) {
+            let original: Vec<u8> = chunks.concat();
+            let mut frames: VecDeque<_> =
+                chunks.iter().map(|c| Frame::data(Bytes::from(c.clone()))).collect();
+            if with_trailers {
+                frames.push_back(Frame::trailers(trailers()));
+            }
+            let body = Scripted { frames, fail, tell_end };
+            let (first, source) = ReplayBody::capture(body, limit);
+            let (sent, sent_trailers, failed) = drain(Box::pin(first));
+            prop_assert_eq!(&sent, &original);
+            prop_assert_eq!(failed, fail);
+            prop_assert_eq!(sent_trailers.is_some(), with_trailers);
+
+            let replay = source.as_ref().and_then(|s| s.replay::<Scripted>());
+            let empty = chunks.is_empty() && !with_trailers && !fail && tell_end;
+            let replayable = !fail && original.len() <= limit;
+            prop_assert_eq!(replay.is_some(), replayable || empty);
+            if let Some(replay) = replay {
+                prop_assert_eq!(replay.size_hint().exact(), Some(original.len() as u64));
+                let (again, again_trailers, failed) = drain(replay);
+                prop_assert!(!failed);
+                prop_assert_eq!(again, original);
+                prop_assert_eq!(again_trailers.is_some(), with_trailers);
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_over_the_limit_by_its_size_hint_is_not_kept_at_all() {
+        let body = http_body_util::Full::new(Bytes::from(vec![7u8; 100]));
+        let (first, source) = ReplayBody::capture(body, 99);
+        assert!(source.is_none());
+        assert_eq!(drain(first).0.len(), 100);
+    }
+
+    #[test]
+    fn bytes_are_shared_not_copied() {
+        let chunk = Bytes::from(vec![1u8; 1024]);
+        let body = http_body_util::Full::new(chunk.clone());
+        let (first, source) = ReplayBody::capture(body, 4096);
+        drain(first);
+        let replay = source
+            .unwrap()
+            .replay::<http_body_util::Full<Bytes>>()
+            .unwrap();
+        let waker = std::task::Waker::noop();
+        let mut replay = Box::pin(replay);
+        let Poll::Ready(Some(Ok(frame))) =
+            replay.as_mut().poll_frame(&mut Context::from_waker(waker))
+        else {
+            panic!("a data frame")
+        };
+        assert_eq!(frame.into_data().unwrap().as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn an_empty_body_replays_empty() {
+        let (first, source) = ReplayBody::capture(http_body_util::Empty::<Bytes>::new(), 0);
+        assert!(first.is_end_stream());
+        let replay = source.unwrap().replay::<http_body_util::Empty<Bytes>>();
+        assert!(replay.is_some_and(|r| r.is_end_stream()));
+    }
+}

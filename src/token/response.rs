@@ -281,4 +281,39 @@ mod tests {
         assert!(!text.contains("0a1b2c3d"), "{text}");
         assert!(!text.contains("hunter22"), "{text}");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_answer_parses_or_fails_cleanly(
+            status in 100u16..600,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let status = StatusCode::from_u16(status).unwrap();
+            let body = Bytes::from(body);
+            if let Err(e) = parse(status, &HeaderMap::new(), &body, &["s3cret"], SystemTime::now()) {
+                // Every failure is one of the documented kinds, with a message.
+                proptest::prop_assert!(
+                    e.is_malformed_response() || e.is_unavailable() || e.is_invalid_credentials()
+                        || e.is_rate_limited()
+                );
+                proptest::prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        #[test]
+        fn well_formed_answers_round_trip(
+            token in "[!-~&&[^\"\\\\]]{1,80}",
+            account_id in proptest::prelude::any::<u64>(),
+            as_string in proptest::prelude::any::<bool>(),
+            user_id in proptest::option::of(proptest::prelude::any::<u32>()),
+        ) {
+            let account = if as_string { format!("\"{account_id}\"") } else { account_id.to_string() };
+            let user = user_id.map(|u| format!(",\"user_id\":{u}")).unwrap_or_default();
+            let body = format!("{{\"token\":\"{token}\",\"account_id\":{account}{user}}}");
+            let answer = ok(&body).unwrap();
+            proptest::prop_assert_eq!(answer.token, token);
+            proptest::prop_assert_eq!(answer.account_id, account_id);
+            proptest::prop_assert_eq!(answer.user_id, user_id.map(u64::from));
+        }
+    }
 }
