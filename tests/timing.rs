@@ -33,6 +33,10 @@ struct Mock {
     requests: usize,
     rejected: usize,
     always_reject: bool,
+    /// `get_token` answers 503 between these instants.
+    outage: Option<(Instant, Instant)>,
+    /// API requests that carried a token past its lifetime.
+    expired_used: usize,
 }
 
 #[derive(Clone, Default)]
@@ -80,7 +84,12 @@ impl Lengow {
                 let mut mock = lengow.0.lock().unwrap();
                 let n = mock.fetches.len();
                 mock.fetches.push(Instant::now());
-                let answer = if mock.script.is_empty() {
+                let down = mock
+                    .outage
+                    .is_some_and(|(from, to)| (from..to).contains(&Instant::now()));
+                let answer = if down {
+                    Answer::Status(503, None)
+                } else if mock.script.is_empty() {
                     Answer::Token
                 } else {
                     mock.script.remove(0)
@@ -130,9 +139,14 @@ impl Lengow {
                     .get("authorization")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
-                let live = mock.issued.get(token).is_some_and(|issued| {
-                    issued.elapsed() < mock.lifetime.unwrap_or(Duration::MAX)
-                });
+                let lifetime = mock.lifetime.unwrap_or(Duration::MAX);
+                let live = mock
+                    .issued
+                    .get(token)
+                    .is_some_and(|issued| issued.elapsed() < lifetime);
+                if mock.issued.get(token).is_some_and(|issued| issued.elapsed() >= lifetime) {
+                    mock.expired_used += 1;
+                }
                 let mut response = Response::new(Empty::new());
                 if !live || mock.always_reject {
                     mock.rejected += 1;
@@ -361,4 +375,59 @@ async fn the_refresher_ends_when_the_last_handle_is_dropped() {
     assert_eq!(Arc::strong_count(&lengow.0), 1, "the refresher still runs");
     tokio::time::sleep(Duration::from_secs(7200)).await;
     assert_eq!(lengow.fetches().len(), 1);
+}
+
+/// 100 000 requests from 100 concurrent callers over 2.8 hours of paused time, across
+/// background refreshes, two revocations and a 200 s auth outage at refresh time.
+#[tokio::test(start_paused = true)]
+async fn soak_no_request_lost_no_expired_token_exact_fetches() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    let t0 = Instant::now();
+    lengow.0.lock().unwrap().outage =
+        Some((t0 + Duration::from_secs(3900), t0 + Duration::from_secs(4100)));
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let client = layer.layer(lengow.clone().api());
+    let revoker = {
+        let lengow = lengow.clone();
+        tokio::spawn(async move {
+            for at in [1000, 6000] {
+                tokio::time::sleep_until(t0 + Duration::from_secs(at)).await;
+                lengow.revoke();
+            }
+        })
+    };
+    let callers: Vec<_> = (0..100u64)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(n * 100)).await;
+                let mut ok = 0;
+                for _ in 0..1000 {
+                    if matches!(status(&client).await, Ok(StatusCode::OK)) {
+                        ok += 1;
+                    }
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for caller in callers {
+        ok += caller.await.unwrap();
+    }
+    revoker.await.unwrap();
+    assert_eq!(ok, 100_000);
+    let mock = lengow.0.lock().unwrap();
+    assert_eq!(mock.expired_used, 0);
+    // Tokens: the cold one, one forced per revocation, and two background refreshes (the one
+    // at ~3950 s succeeding only once the outage ends at 4100 s).
+    let outage_failures = layer.stats().fetch_failures as usize;
+    assert!(outage_failures >= 5, "{outage_failures}");
+    assert_eq!(mock.fetches.len() - outage_failures, 5);
+    let stats = layer.stats();
+    assert_eq!(stats.forced_refreshes, 2);
+    assert_eq!(stats.replays as usize, mock.rejected);
+    assert_eq!(stats.rejected_after_replay, 0);
+    assert_eq!(stats.token_waits, 1);
 }
