@@ -1,0 +1,714 @@
+//! What `LengowAuth` costs per request, against what a user would build without it.
+//!
+//! Every stack wraps the same no-op inner service (200 at once, request dropped unread) and
+//! is driven by hand: `poll_ready`, `call`, one poll with a no-op waker, all on the bench
+//! thread inside a tokio runtime context. The stacks:
+//!
+//! - `bare`: the inner service alone, the figure every overhead is measured from;
+//! - `set_header_static`: tower-http's `SetRequestHeader` with a fixed, sensitive value: the floor;
+//! - `hand_built`: what a user would write instead of this crate: `SetRequestHeader` reading a
+//!   token shared behind an `Arc<RwLock<HeaderValue>>`, under `tower::retry::Retry` with a
+//!   policy that clones the request and replays it once on 401;
+//! - `lengow_auth`: this crate's layer, holding a valid token.
+//!
+//! Groups: `hot_get` (bodyless GET, three headers), `hot_post` (POST, 1 KiB `Full` body, left
+//! unpolled), `hot_post_drained` (the same, the inner service draining the body), `contention`
+//! (1 thread against 2 threads sharing one layer), `cold_start` (N concurrent first requests,
+//! one token fetch), `replay` (a 401 and its replay).
+//!
+//! After criterion's own report, a summary prints each stack's median ns per request, its
+//! overhead over `bare`, and the ratios the crate's targets are stated in. See BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{Empty, Full};
+use lengow_auth::{Credentials, LengowAuthLayer};
+use tokio::runtime::Runtime;
+use tower::retry::{Policy, Retry, RetryLayer};
+use tower::{Layer, Service, ServiceBuilder};
+use tower_http::set_header::{MakeHeaderValue, SetRequestHeader, SetRequestHeaderLayer};
+
+const TOKEN: &str = "0a1b2c3d-0000-4abc-8def-0123456789ab";
+const TOKEN_ANSWER: &str = r#"{"token":"0a1b2c3d-0000-4abc-8def-0123456789ab","account_id":1}"#;
+const API_URL: &str = "http://127.0.0.1:1";
+const ORDERS_URL: &str = "http://127.0.0.1:1/v3.0/orders?account_id=1";
+const ACTIONS_URL: &str = "http://127.0.0.1:1/v3.0/orders/actions/";
+
+/// Criterion's settings for every group: short runs, so the whole suite stays near 2 minutes.
+const WARM_UP: Duration = Duration::from_secs(1);
+const MEASUREMENT: Duration = Duration::from_secs(3);
+const SAMPLES: usize = 40;
+/// Requests built (untimed) before each timed stretch of single-thread runs.
+const CHUNK: u64 = 512;
+
+// ---------------------------------------------------------------------------------------
+// Requests
+
+/// A bodyless GET with three headers, as a user builds it (string literals, so each header
+/// value, and the custom header name, owns its bytes).
+fn get_request(i: u64) -> Request<Empty<Bytes>> {
+    Request::get(ORDERS_URL)
+        .header(ACCEPT, "application/json")
+        .header(USER_AGENT, "lengow-auth-bench/1.0")
+        .header("x-request-id", if i % 2 == 0 { "even" } else { "odd" })
+        .body(Empty::new())
+        .expect("a valid request")
+}
+
+/// A POST with three headers and a 1 KiB body freshly serialised into a `Vec`.
+fn post_request(i: u64) -> Request<Full<Bytes>> {
+    let body = vec![b'x'; 1024];
+    Request::post(ACTIONS_URL)
+        .header(CONTENT_TYPE, "application/json")
+        .header(USER_AGENT, "lengow-auth-bench/1.0")
+        .header("x-request-id", if i % 2 == 0 { "even" } else { "odd" })
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid request")
+}
+
+// ---------------------------------------------------------------------------------------
+// Inner services
+
+/// Answers 200 at once and drops the request unread.
+#[derive(Clone, Copy, Debug)]
+struct Noop;
+
+impl<B> Service<Request<B>> for Noop {
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        drop(request);
+        ready(Ok(Response::new(Empty::new())))
+    }
+}
+
+/// Reads the request body to its end (a quick poll loop; the bodies here are always ready),
+/// then answers 200.
+#[derive(Clone, Copy, Debug)]
+struct Drain;
+
+impl<B: Body> Service<Request<B>> for Drain {
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let mut body = pin!(request.into_body());
+        let mut cx = Context::from_waker(Waker::noop());
+        while let Poll::Ready(Some(Ok(frame))) = body.as_mut().poll_frame(&mut cx) {
+            black_box(frame);
+        }
+        ready(Ok(Response::new(Empty::new())))
+    }
+}
+
+/// Answers 401 and 200 in turn: every request is rejected once, and its replay accepted.
+#[derive(Clone, Debug, Default)]
+struct RejectEveryOther(Arc<AtomicBool>);
+
+impl<B> Service<Request<B>> for RejectEveryOther {
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        drop(request);
+        let accepted = self.0.fetch_xor(true, Ordering::Relaxed);
+        let mut response = Response::new(Empty::new());
+        if !accepted {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        ready(Ok(response))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The stacks
+
+/// The floor: a fixed token, made at run time (a token is never a `&'static str`), sensitive.
+fn static_header<S>(inner: S) -> SetRequestHeader<S, HeaderValue> {
+    let mut value = HeaderValue::from_str(TOKEN).expect("a valid header value");
+    value.set_sensitive(true);
+    SetRequestHeaderLayer::overriding(AUTHORIZATION, value).layer(inner)
+}
+
+/// The token a hand-built stack shares between its services and its refresher.
+type SharedToken = Arc<RwLock<HeaderValue>>;
+
+fn shared_token() -> SharedToken {
+    let mut value = HeaderValue::from_str(TOKEN).expect("a valid header value");
+    value.set_sensitive(true);
+    Arc::new(RwLock::new(value))
+}
+
+/// Reads the shared token for every request.
+#[derive(Clone, Debug)]
+struct ReadToken(SharedToken);
+
+impl<B> MakeHeaderValue<Request<B>> for ReadToken {
+    fn make_header_value(&mut self, _: &Request<B>) -> Option<HeaderValue> {
+        Some(
+            self.0
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
+/// Keeps a clone of each request and sends it again, once, after a 401. A real stack would
+/// refresh the shared token in `retry`; here the token stays valid, so it only says "go".
+#[derive(Clone, Debug, Default)]
+struct ReplayOnce {
+    replayed: bool,
+}
+
+impl<B: Clone, R, E> Policy<Request<B>, Response<R>, E> for ReplayOnce {
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        _: &mut Request<B>,
+        result: &mut Result<Response<R>, E>,
+    ) -> Option<Self::Future> {
+        let rejected = matches!(result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
+        if rejected && !self.replayed {
+            self.replayed = true;
+            Some(ready(()))
+        } else {
+            None
+        }
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        if self.replayed {
+            return None;
+        }
+        let mut clone = Request::new(request.body().clone());
+        *clone.method_mut() = request.method().clone();
+        *clone.uri_mut() = request.uri().clone();
+        *clone.version_mut() = request.version();
+        *clone.headers_mut() = request.headers().clone();
+        *clone.extensions_mut() = request.extensions().clone();
+        Some(clone)
+    }
+}
+
+type HandBuilt<S> = Retry<ReplayOnce, SetRequestHeader<S, ReadToken>>;
+
+fn hand_built<S>(inner: S, token: &SharedToken) -> HandBuilt<S> {
+    ServiceBuilder::new()
+        .layer(RetryLayer::new(ReplayOnce::default()))
+        .layer(SetRequestHeaderLayer::overriding(
+            AUTHORIZATION,
+            ReadToken(Arc::clone(token)),
+        ))
+        .service(inner)
+}
+
+/// A layer whose token client answers a valid token at once, warmed so it holds that token.
+fn warm_layer(runtime: &Runtime) -> LengowAuthLayer {
+    let layer = cold_layer();
+    let account_id = runtime
+        .block_on(layer.account_id())
+        .expect("the token client answers a token");
+    assert_eq!(account_id, 1);
+    layer
+}
+
+/// A layer that holds no token yet; its token client answers a valid one at once.
+fn cold_layer() -> LengowAuthLayer {
+    let token_client = tower::service_fn(|_: Request<Full<Bytes>>| async {
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(TOKEN_ANSWER.as_bytes())))
+            .expect("a valid response");
+        Ok::<_, Infallible>(response)
+    });
+    LengowAuthLayer::builder(Credentials::new("bench-access-token", "bench-secret"))
+        .api_url(API_URL.parse().expect("a valid uri"))
+        .build(token_client)
+        .expect("valid settings")
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+// ---------------------------------------------------------------------------------------
+// Driving
+
+/// `poll_ready`, `call` and one poll, with a no-op waker; every stack here answers at once.
+#[inline(always)]
+fn drive<S, R, T>(service: &mut S, request: R) -> T
+where
+    S: Service<R, Response = T>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        other => panic!("the stack is not ready: {other:?}"),
+    }
+    let mut future = pin!(service.call(request));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(response)) => response,
+        Poll::Ready(Err(e)) => panic!("the stack failed: {e:?}"),
+        Poll::Pending => panic!("the stack did not answer at once"),
+    }
+}
+
+/// Like [`drive`], but a future that waits (a token fetch) is finished on `runtime`.
+fn drive_or_block<S, R, T>(runtime: &Runtime, service: &mut S, request: R) -> T
+where
+    S: Service<R, Response = T>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    if service.poll_ready(&mut cx).is_pending() {
+        runtime
+            .block_on(std::future::poll_fn(|cx| service.poll_ready(cx)))
+            .expect("the stack is ready");
+    }
+    let mut future = pin!(service.call(request));
+    let outcome = match future.as_mut().poll(&mut cx) {
+        Poll::Ready(outcome) => outcome,
+        Poll::Pending => runtime.block_on(future.as_mut()),
+    };
+    outcome.expect("the stack answers")
+}
+
+/// Sends `iters` requests one after another on this thread; only the sending is timed, the
+/// requests are built beforehand, `CHUNK` at a time.
+fn run_sequential<S, B, T>(service: &mut S, make: fn(u64) -> Request<B>, iters: u64) -> Duration
+where
+    S: Service<Request<B>, Response = T>,
+    S::Error: std::fmt::Debug,
+{
+    let mut batch = Vec::with_capacity(CHUNK as usize);
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let n = CHUNK.min(iters - done);
+        batch.extend((done..done + n).map(make));
+        let start = Instant::now();
+        for request in batch.drain(..) {
+            black_box(drive(service, request));
+        }
+        total += start.elapsed();
+        done += n;
+    }
+    total
+}
+
+/// Sends `iters` requests in all from `threads` threads at once, each with its own clone of
+/// `service`, each building its requests as it goes. Returns the wall time, so the time per
+/// iteration is the time per request of the whole process.
+fn run_parallel<S, B, T>(
+    runtime: &Runtime,
+    service: &S,
+    make: fn(u64) -> Request<B>,
+    threads: u64,
+    iters: u64,
+) -> Duration
+where
+    S: Service<Request<B>, Response = T> + Clone + Send,
+    S::Error: std::fmt::Debug,
+{
+    let start_line = Barrier::new(threads as usize + 1);
+    let handle = runtime.handle();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let mut service = service.clone();
+            let share = iters / threads + u64::from(t < iters % threads);
+            let start_line = &start_line;
+            scope.spawn(move || {
+                let _runtime = handle.enter();
+                start_line.wait();
+                for i in 0..share {
+                    black_box(drive(&mut service, make(i)));
+                }
+            });
+        }
+        start_line.wait();
+        Instant::now()
+    })
+    .elapsed()
+}
+
+// ---------------------------------------------------------------------------------------
+// What was measured, for the summary
+
+/// Every (iterations, time) criterion asked for, by bench id, warm-up first.
+static RUNS: Mutex<BTreeMap<String, Vec<(u64, Duration)>>> = Mutex::new(BTreeMap::new());
+
+fn record(id: &str, iters: u64, elapsed: Duration) -> Duration {
+    RUNS.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(id.to_owned())
+        .or_default()
+        .push((iters, elapsed));
+    elapsed
+}
+
+/// Median ns per iteration over criterion's measurement samples (the last `SAMPLES` runs).
+fn median_ns(id: &str) -> Option<f64> {
+    let runs = RUNS.lock().unwrap_or_else(PoisonError::into_inner);
+    let runs = runs.get(id)?;
+    if runs.len() < SAMPLES {
+        return None;
+    }
+    let mut per_iter: Vec<f64> = runs[runs.len() - SAMPLES..]
+        .iter()
+        .map(|(iters, elapsed)| elapsed.as_nanos() as f64 / *iters as f64)
+        .collect();
+    per_iter.sort_by(f64::total_cmp);
+    Some(per_iter[SAMPLES / 2])
+}
+
+// ---------------------------------------------------------------------------------------
+// Benches
+
+fn hot_group<B>(c: &mut Criterion, group: &str, make: fn(u64) -> Request<B>, drained: bool)
+where
+    B: Body + Clone + Send + 'static,
+    B::Data: Send,
+{
+    let runtime = runtime();
+    let layer = warm_layer(&runtime);
+    let token = shared_token();
+    let _context = runtime.enter();
+    let mut g = c.benchmark_group(group);
+
+    macro_rules! bench {
+        ($name:literal, $service:expr) => {{
+            let id = format!("{group}/{}", $name);
+            let mut service = $service;
+            g.bench_function($name, |b| {
+                b.iter_custom(|iters| record(&id, iters, run_sequential(&mut service, make, iters)))
+            });
+        }};
+    }
+    if drained {
+        bench!("bare", Drain);
+        bench!("set_header_static", static_header(Drain));
+        bench!("hand_built", hand_built(Drain, &token));
+        bench!("lengow_auth", layer.layer(Drain));
+    } else {
+        bench!("bare", Noop);
+        bench!("set_header_static", static_header(Noop));
+        bench!("hand_built", hand_built(Noop, &token));
+        bench!("lengow_auth", layer.layer(Noop));
+    }
+    g.finish();
+    assert_eq!(layer.stats().fetches, 1, "the warm layer fetched again");
+}
+
+fn hot_get(c: &mut Criterion) {
+    hot_group(c, "hot_get", get_request, false);
+}
+
+fn hot_post(c: &mut Criterion) {
+    hot_group(c, "hot_post", post_request, false);
+}
+
+fn hot_post_drained(c: &mut Criterion) {
+    hot_group(c, "hot_post_drained", post_request, true);
+}
+
+fn contention(c: &mut Criterion) {
+    let runtime = runtime();
+    let layer = warm_layer(&runtime);
+    let token = shared_token();
+    let mut g = c.benchmark_group("contention");
+
+    macro_rules! bench {
+        ($name:literal, $service:expr) => {{
+            let service = $service;
+            for threads in [1_u64, 2] {
+                let id = format!("contention/{}/{threads}", $name);
+                g.bench_function(BenchmarkId::new($name, threads), |b| {
+                    b.iter_custom(|iters| {
+                        let elapsed = run_parallel(&runtime, &service, get_request, threads, iters);
+                        record(&id, iters, elapsed)
+                    })
+                });
+            }
+        }};
+    }
+    bench!("bare", Noop);
+    bench!("set_header_static", static_header(Noop));
+    bench!("hand_built", hand_built(Noop, &token));
+    bench!("lengow_auth", layer.layer(Noop));
+    g.finish();
+    assert_eq!(layer.stats().fetches, 1, "the warm layer fetched again");
+}
+
+/// Joins futures without spawning them: polls every unfinished one on each wake-up.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+fn cold_start(c: &mut Criterion) {
+    let runtime = runtime();
+    let mut g = c.benchmark_group("cold_start");
+    for n in [1_u64, 16, 64] {
+        let id = format!("cold_start/lengow_auth/{n}");
+        g.bench_function(BenchmarkId::new("lengow_auth", n), |b| {
+            b.to_async(&runtime).iter_custom(|iters| {
+                let id = id.clone();
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let layer = cold_layer();
+                        let service = layer.layer(Noop);
+                        let requests: Vec<_> = (0..n).map(get_request).collect();
+                        let start = Instant::now();
+                        let calls: Vec<_> = requests
+                            .into_iter()
+                            .map(|request| {
+                                let mut service = service.clone();
+                                async move {
+                                    std::future::poll_fn(|cx| {
+                                        Service::<Request<Empty<Bytes>>>::poll_ready(
+                                            &mut service,
+                                            cx,
+                                        )
+                                    })
+                                    .await?;
+                                    service.call(request).await
+                                }
+                            })
+                            .collect();
+                        let responses = join_all(calls).await;
+                        total += start.elapsed();
+                        assert!(
+                            responses
+                                .iter()
+                                .all(|r| r.as_ref().is_ok_and(|r| r.status() == 200))
+                        );
+                        assert_eq!(layer.stats().fetches, 1, "one fetch for {n} first requests");
+                    }
+                    record(&id, iters, total)
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn replay(c: &mut Criterion) {
+    let runtime = runtime();
+    let layer = warm_layer(&runtime);
+    let token = shared_token();
+    let _context = runtime.enter();
+    let mut g = c.benchmark_group("replay");
+
+    // The inner service alone, called twice: the work every stack below does.
+    let id = "replay/bare_twice";
+    let mut inner = RejectEveryOther::default();
+    g.bench_function("bare_twice", |b| {
+        b.iter_custom(|iters| {
+            let mut batch = Vec::with_capacity(2 * CHUNK as usize);
+            let mut total = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let n = CHUNK.min(iters - done);
+                batch.extend((2 * done..2 * (done + n)).map(get_request));
+                let start = Instant::now();
+                for request in batch.drain(..) {
+                    black_box(drive(&mut inner, request));
+                }
+                total += start.elapsed();
+                done += n;
+            }
+            record(id, iters, total)
+        })
+    });
+
+    macro_rules! bench {
+        ($name:literal, $service:expr) => {{
+            let id = format!("replay/{}", $name);
+            let mut service = $service;
+            g.bench_function($name, |b| {
+                b.iter_custom(|iters| {
+                    let mut batch = Vec::with_capacity(CHUNK as usize);
+                    let mut total = Duration::ZERO;
+                    let mut done = 0;
+                    while done < iters {
+                        let n = CHUNK.min(iters - done);
+                        batch.extend((done..done + n).map(get_request));
+                        let start = Instant::now();
+                        for request in batch.drain(..) {
+                            let response = drive_or_block(&runtime, &mut service, request);
+                            assert_eq!(
+                                response.status(),
+                                StatusCode::OK,
+                                "the replay was not sent"
+                            );
+                        }
+                        total += start.elapsed();
+                        done += n;
+                    }
+                    record(&id, iters, total)
+                })
+            });
+        }};
+    }
+    bench!(
+        "hand_built",
+        hand_built(RejectEveryOther::default(), &token)
+    );
+    bench!("lengow_auth", layer.layer(RejectEveryOther::default()));
+    g.finish();
+    let stats = layer.stats();
+    println!(
+        "replay: lengow_auth fetched {} token(s) ({} forced) for {} replays",
+        stats.fetches, stats.forced_refreshes, stats.replays
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Summary
+
+fn summary() {
+    println!("\n=== summary: median ns per request (overhead = stack - bare) ===");
+    for group in ["hot_get", "hot_post", "hot_post_drained"] {
+        let Some(bare) = median_ns(&format!("{group}/bare")) else {
+            continue;
+        };
+        println!("{group}: bare {bare:.1} ns");
+        let mut overhead = BTreeMap::new();
+        for stack in ["set_header_static", "hand_built", "lengow_auth"] {
+            if let Some(t) = median_ns(&format!("{group}/{stack}")) {
+                println!("  {stack:<18} {t:>8.1} ns   overhead {:>7.1} ns", t - bare);
+                overhead.insert(stack, t - bare);
+            }
+        }
+        if let (Some(l), Some(h), Some(s)) = (
+            overhead.get("lengow_auth"),
+            overhead.get("hand_built"),
+            overhead.get("set_header_static"),
+        ) {
+            println!(
+                "  lengow_auth overhead / hand_built overhead = {:.2} (target <= 0.8)",
+                l / h
+            );
+            println!(
+                "  lengow_auth overhead / set_header_static overhead = {:.2} (target <= 3)",
+                l / s
+            );
+        }
+    }
+    let mut header = false;
+    for stack in ["bare", "set_header_static", "hand_built", "lengow_auth"] {
+        let one = median_ns(&format!("contention/{stack}/1"));
+        let two = median_ns(&format!("contention/{stack}/2"));
+        if let (Some(one), Some(two)) = (one, two) {
+            if !header {
+                println!("contention (GET, requests built in the loop; wall ns per request):");
+                header = true;
+            }
+            println!(
+                "  {stack:<18} 1 thread {one:>7.1} ns   2 threads {two:>7.1} ns   throughput x{:.2}{}",
+                one / two,
+                if stack == "lengow_auth" {
+                    " (target >= 1.8)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    for n in [1, 16, 64] {
+        if let Some(t) = median_ns(&format!("cold_start/lengow_auth/{n}")) {
+            println!(
+                "cold_start: {n:>2} concurrent first requests, one fetch: {:.1} us ({:.0} ns per request)",
+                t / 1000.0,
+                t / n as f64
+            );
+        }
+    }
+    if let Some(bare) = median_ns("replay/bare_twice") {
+        println!("replay (401 then 200): inner called twice {bare:.1} ns");
+        let mut overhead = BTreeMap::new();
+        for stack in ["hand_built", "lengow_auth"] {
+            if let Some(t) = median_ns(&format!("replay/{stack}")) {
+                println!("  {stack:<18} {t:>8.1} ns   overhead {:>7.1} ns", t - bare);
+                overhead.insert(stack, t - bare);
+            }
+        }
+        if let (Some(l), Some(h)) = (overhead.get("lengow_auth"), overhead.get("hand_built")) {
+            println!(
+                "  lengow_auth overhead / hand_built overhead = {:.2}",
+                l / h
+            );
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(WARM_UP)
+        .measurement_time(MEASUREMENT)
+        .sample_size(SAMPLES)
+        .configure_from_args();
+    hot_get(&mut c);
+    hot_post(&mut c);
+    hot_post_drained(&mut c);
+    contention(&mut c);
+    cold_start(&mut c);
+    replay(&mut c);
+    c.final_summary();
+    summary();
+}
