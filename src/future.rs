@@ -7,7 +7,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version, header};
+use bytes::{Buf, Bytes};
+use http::{
+    Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version, header,
+};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -77,27 +80,90 @@ enum Plan {
     /// Rejections are returned as they are (body too large, or no `refresh_on` status).
     NoReplay,
     /// Enough to send the request again.
-    Replay(Box<Head>, Source),
+    Replay(Head, Source),
 }
 
 /// The request head kept for a replay.
+///
+/// The headers are copied as bytes into one buffer rather than cloned: cloning a header value
+/// built at run time (`HeaderValue::from_str`, `try_from(String)`) allocates to share its
+/// bytes, once per value, while the buffer costs one allocation for the whole head. Names and
+/// values are rebuilt from it only if a replay happens.
 struct Head {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    headers: HeaderBytes,
     extensions: Extensions,
 }
 
 impl Head {
+    fn copy(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: HeaderBytes::copy(&parts.headers),
+            extensions: parts.extensions.clone(),
+        }
+    }
+
     fn into_request<B>(self, body: B) -> Request<B> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
+        *request.headers_mut() = self.headers.into_map();
         *request.extensions_mut() = self.extensions;
         request
+    }
+}
+
+/// Header names and values laid end to end: for each one, the name's length (2 bytes), the
+/// name, the value's length (4 bytes), the value, and whether it is sensitive (1 byte).
+/// `Authorization` is left out: a replay gets a fresh one.
+struct HeaderBytes(Vec<u8>);
+
+impl HeaderBytes {
+    fn copy(headers: &HeaderMap) -> Self {
+        let kept = || {
+            headers
+                .iter()
+                .filter(|(name, _)| *name != header::AUTHORIZATION)
+        };
+        let len = kept().map(|(n, v)| 7 + n.as_str().len() + v.len()).sum();
+        let mut buf = Vec::with_capacity(len);
+        for (name, value) in kept() {
+            // A header name is at most 64 KiB by http's own limit; a value fits 4 GiB.
+            buf.extend_from_slice(&(name.as_str().len() as u16).to_le_bytes());
+            buf.extend_from_slice(name.as_str().as_bytes());
+            buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            buf.extend_from_slice(value.as_bytes());
+            buf.push(u8::from(value.is_sensitive()));
+        }
+        Self(buf)
+    }
+
+    /// The headers again, in their order; the values share one buffer.
+    fn into_map(self) -> HeaderMap {
+        let mut rest = Bytes::from(self.0);
+        let mut map = HeaderMap::new();
+        while !rest.is_empty() {
+            let name_len = usize::from(rest.get_u16_le());
+            let name = rest.split_to(name_len);
+            let value_len = rest.get_u32_le() as usize;
+            let value = rest.split_to(value_len);
+            let sensitive = rest.get_u8() == 1;
+            // Every name and value came from a valid header, so both parse again.
+            if let (Ok(name), Ok(mut value)) = (
+                HeaderName::from_bytes(&name),
+                HeaderValue::from_maybe_shared(value),
+            ) {
+                value.set_sensitive(sensitive);
+                map.append(name, value);
+            }
+        }
+        map
     }
 }
 
@@ -163,27 +229,18 @@ where
         token: &Token,
     ) -> (State<S::Future, B>, Plan, u64, bool) {
         let (mut parts, body) = request.into_parts();
-        parts
-            .headers
-            .insert(header::AUTHORIZATION, token.header.clone());
         let (body, source) = if shared.refresh_on.is_empty() {
             (ReplayBody::passthrough(body), None)
         } else {
             ReplayBody::capture(body, shared.replay_body_limit)
         };
         let plan = match source {
-            Some(source) => Plan::Replay(
-                Box::new(Head {
-                    method: parts.method.clone(),
-                    uri: parts.uri.clone(),
-                    version: parts.version,
-                    headers: parts.headers.clone(),
-                    extensions: parts.extensions.clone(),
-                }),
-                source,
-            ),
+            Some(source) => Plan::Replay(Head::copy(&parts), source),
             None => Plan::NoReplay,
         };
+        parts
+            .headers
+            .insert(header::AUTHORIZATION, token.header.clone());
         let future = service.call(Request::from_parts(parts, body));
         (
             State::First { future },

@@ -56,18 +56,26 @@ async fn no_token_or_secret_reaches_a_log_line() {
     send(&client, get(&fake, "/v3.0/orders")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     fake.revoke_all_tokens();
-    let (response, _) = send(&client, post(&fake, "/v3.0/orders/actions/", "a", payload(0, 64)))
-        .await
-        .unwrap();
+    let (response, _) = send(
+        &client,
+        post(&fake, "/v3.0/orders/actions/", "a", payload(0, 64)),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // Past the (1 ms) floor between forced refreshes.
+    tokio::time::sleep(Duration::from_millis(10)).await;
     fake.revoke_all_tokens();
     fake.push_token_failure(
         TokenFailure::status(StatusCode::INTERNAL_SERVER_ERROR)
             .body("secret-b81d44e0 was sent by access-7f3a9c"),
     );
-    let error = send(&client, post(&fake, "/v3.0/orders/actions/", "b", payload(1, 64)))
-        .await
-        .unwrap_err();
+    let error = send(
+        &client,
+        post(&fake, "/v3.0/orders/actions/", "b", payload(1, 64)),
+    )
+    .await;
+    let error = error.unwrap_err();
     let error = error.downcast_ref::<lengow_auth::Error>().unwrap();
     assert!(error.is_unavailable(), "{error}");
 
