@@ -388,3 +388,36 @@ where
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_bytes_round_trip_every_value_in_order_but_authorization() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.append("x-custom", HeaderValue::from_str("one").unwrap());
+        headers.append("x-custom", HeaderValue::from_bytes(b"two \xff").unwrap());
+        let mut secret = HeaderValue::from_static("cookie-value");
+        secret.set_sensitive(true);
+        headers.insert(header::COOKIE, secret);
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("old-token"));
+        headers.insert("x-empty", HeaderValue::from_static(""));
+
+        let copy = HeaderBytes::copy(&headers).into_map();
+        headers.remove(header::AUTHORIZATION);
+        assert_eq!(copy, headers);
+        let values: Vec<_> = copy.get_all("x-custom").iter().collect();
+        assert_eq!(
+            values,
+            [
+                &HeaderValue::from_static("one"),
+                &HeaderValue::from_bytes(b"two \xff").unwrap()
+            ]
+        );
+        assert!(copy[header::COOKIE].is_sensitive());
+        assert!(!copy[header::ACCEPT].is_sensitive());
+        assert!(HeaderBytes::copy(&HeaderMap::new()).into_map().is_empty());
+    }
+}
