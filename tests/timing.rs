@@ -144,7 +144,11 @@ impl Lengow {
                     .issued
                     .get(token)
                     .is_some_and(|issued| issued.elapsed() < lifetime);
-                if mock.issued.get(token).is_some_and(|issued| issued.elapsed() >= lifetime) {
+                if mock
+                    .issued
+                    .get(token)
+                    .is_some_and(|issued| issued.elapsed() >= lifetime)
+                {
                     mock.expired_used += 1;
                 }
                 let mut response = Response::new(Empty::new());
@@ -383,8 +387,10 @@ async fn the_refresher_ends_when_the_last_handle_is_dropped() {
 async fn soak_no_request_lost_no_expired_token_exact_fetches() {
     let lengow = Lengow::new(Duration::from_secs(3600));
     let t0 = Instant::now();
-    lengow.0.lock().unwrap().outage =
-        Some((t0 + Duration::from_secs(3900), t0 + Duration::from_secs(4100)));
+    lengow.0.lock().unwrap().outage = Some((
+        t0 + Duration::from_secs(3900),
+        t0 + Duration::from_secs(4100),
+    ));
     let layer = builder().build(lengow.clone().token_client()).unwrap();
     let client = layer.layer(lengow.clone().api());
     let revoker = {
