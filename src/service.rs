@@ -19,7 +19,7 @@ use crate::replay::ReplayBody;
 ///
 /// A request to the configured origin (or with a path-only URI) gets `Authorization: <token>`;
 /// a request to any other origin passes through untouched. A response whose status is in
-/// `refresh_on` is answered by one refresh and one replay. Errors are [`BoxError`]s holding
+/// `refresh_on` is answered by one refresh and one replay. Errors are `tower::BoxError`s holding
 /// the inner service's error or a [`lengow_auth::Error`](crate::Error).
 pub struct LengowAuth<S> {
     inner: S,
