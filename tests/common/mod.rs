@@ -78,3 +78,93 @@ pub fn url(fake: &FakeLengow, path: &str) -> String {
 }
 
 pub const SHORT: Duration = Duration::from_millis(5);
+
+// Helpers added for tests/faults.rs.
+
+/// When each `get_token` call was made, by tokio's clock and by the wall clock.
+#[derive(Clone, Default)]
+pub struct FetchLog(
+    std::sync::Arc<std::sync::Mutex<Vec<(tokio::time::Instant, std::time::SystemTime)>>>,
+);
+
+impl FetchLog {
+    fn entries(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(tokio::time::Instant, std::time::SystemTime)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many `get_token` calls were made.
+    pub fn count(&self) -> usize {
+        self.entries().len()
+    }
+
+    /// When each call was made, by tokio's clock.
+    pub fn times(&self) -> Vec<tokio::time::Instant> {
+        self.entries().iter().map(|(at, _)| *at).collect()
+    }
+
+    /// When each call was made, by the wall clock.
+    pub fn walls(&self) -> Vec<std::time::SystemTime> {
+        self.entries().iter().map(|(_, wall)| *wall).collect()
+    }
+
+    /// The time between each call and the next.
+    pub fn gaps(&self) -> Vec<Duration> {
+        self.times().windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+/// A token client that logs every call in a [`FetchLog`], then hands it on.
+#[derive(Clone)]
+pub struct Recording<S> {
+    inner: S,
+    log: FetchLog,
+}
+
+impl<S, R> tower::Service<R> for Recording<S>
+where
+    S: tower::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.log
+            .entries()
+            .push((tokio::time::Instant::now(), std::time::SystemTime::now()));
+        self.inner.call(request)
+    }
+}
+
+/// Wraps `inner` so that every call is logged.
+pub fn recording<S>(inner: S) -> (Recording<S>, FetchLog) {
+    let log = FetchLog::default();
+    let client = Recording {
+        inner,
+        log: log.clone(),
+    };
+    (client, log)
+}
+
+/// The plain token client, logging every `get_token` call.
+pub fn recording_token_client() -> (Recording<Client<HttpConnector, Full<Bytes>>>, FetchLog) {
+    recording(token_client())
+}
+
+/// The `lengow_auth::Error` inside a client error; panics naming the error if it is another one.
+pub fn lengow_error(error: &BoxError) -> &lengow_auth::Error {
+    error
+        .downcast_ref::<lengow_auth::Error>()
+        .unwrap_or_else(|| panic!("not a lengow_auth::Error: {error:?}"))
+}
