@@ -165,7 +165,7 @@ impl fmt::Display for Error {
                         "lengow's auth service failed with status {}",
                         status.as_u16()
                     )?,
-                    None => f.write_str("lengow's auth service could not be reached")?,
+                    None => f.write_str("the connection to lengow's auth service failed")?,
                 }
                 match retry_after {
                     Some(wait) => write!(f, ": no token is requested for {}s", wait.as_secs())?,

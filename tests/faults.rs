@@ -1329,9 +1329,6 @@ async fn server_messages_quoting_the_token_or_secret_are_scrubbed() {
 }
 
 #[tokio::test]
-#[ignore = "bug: scrub() matches only the literal secret; a server echoing the form-encoded \
-            get_token body (secret=s3cr3t%2Fb9%2Bd1%3D) leaks it into the error and the logs \
-            (src/error.rs scrub, src/token/fetch.rs secrets)"]
 async fn a_form_encoded_secret_echoed_by_the_server_is_scrubbed() {
     // Base64-like secrets hold '/', '+' and '='; on the wire they are percent-encoded, and
     // that is how a server quoting the request body shows them.

@@ -437,3 +437,22 @@ async fn soak_no_request_lost_no_expired_token_exact_fetches() {
     assert_eq!(stats.rejected_after_replay, 0);
     assert_eq!(stats.token_waits, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_no_traffic_the_refresher_stops_retrying_once_the_token_has_expired() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    let t0 = Instant::now();
+    // The auth service goes down for good just before the refresh.
+    lengow.0.lock().unwrap().outage = Some((
+        t0 + Duration::from_secs(2000),
+        t0 + Duration::from_secs(1 << 30),
+    ));
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    layer.account_id().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6 * 3600)).await;
+    let fetches = lengow.fetches();
+    // Retries on the backoff schedule from ~2950 s until the token's usable end (3570 s).
+    assert!(fetches.len() > 5, "{}", fetches.len());
+    let last = *fetches.last().unwrap() - t0;
+    assert!(last < Duration::from_secs(3570), "{last:?}");
+}

@@ -330,11 +330,13 @@ impl Cache {
     }
 
     /// Renews the token `refresh_ahead` before it expires; after a failure, retries when the
-    /// backoff ends, keeping the valid token meanwhile.
+    /// backoff ends, keeping the valid token meanwhile. Once a token has expired, fetches are
+    /// left to the requests that need one, and the loop waits for the next token.
     async fn refresh_loop(self: Arc<Self>) {
         loop {
             let changed = self.changed.notified();
-            let Some(token) = self.slot.load_full() else {
+            let token = self.usable();
+            let Some(token) = token else {
                 changed.await;
                 continue;
             };
@@ -353,8 +355,10 @@ impl Cache {
             loop {
                 let step = {
                     let mut state = self.lock();
-                    if self.slot.load().as_ref().map(|t| t.generation) != Some(token.generation) {
-                        break;
+                    match self.usable() {
+                        Some(current) if current.generation == token.generation => {}
+                        // A newer token arrived, or this one expired: start over.
+                        _ => break,
                     }
                     match state.failure.as_ref() {
                         Some((_, until)) if Instant::now() < *until => Err(*until),

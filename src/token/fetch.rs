@@ -36,7 +36,8 @@ pub(crate) struct Fetcher {
     call: Arc<CallFn>,
     endpoint: Uri,
     form: Bytes,
-    credentials: Credentials,
+    /// The credentials as they may come back quoted in an error: raw and form-encoded.
+    secret_spellings: Vec<String>,
     timeout: Duration,
 }
 
@@ -75,11 +76,20 @@ impl Fetcher {
             .append_pair("access_token", &credentials.access_token)
             .append_pair("secret", &credentials.secret)
             .finish();
+        let mut secret_spellings = Vec::new();
+        for raw in [&credentials.secret, &credentials.access_token] {
+            let encoded: String = form_urlencoded::byte_serialize(raw.as_bytes()).collect();
+            let percent_spaces = encoded.replace('+', "%20");
+            secret_spellings.extend([raw.clone(), encoded, percent_spaces]);
+        }
+        // The longest first, so that no spelling is left half replaced.
+        secret_spellings.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secret_spellings.dedup();
         Self {
             call: Arc::new(call),
             endpoint,
             form: Bytes::from(form),
-            credentials,
+            secret_spellings,
             timeout,
         }
     }
@@ -100,10 +110,7 @@ impl Fetcher {
 
     /// One `get_token` call, bounded by the fetch timeout.
     pub(crate) async fn fetch(&self, clock: &dyn WallClock) -> Result<TokenAnswer, Error> {
-        let secrets = [
-            self.credentials.secret.as_str(),
-            self.credentials.access_token.as_str(),
-        ];
+        let secrets: Vec<&str> = self.secret_spellings.iter().map(String::as_str).collect();
         let answer = match tokio::time::timeout(self.timeout, (self.call)(self.request())).await {
             Err(_) => {
                 return Err(Error::new(Kind::Timeout {
@@ -135,7 +142,7 @@ impl Fetcher {
                 let text = crate::error::scrub(&e.to_string(), &secrets);
                 return Err(Error::build(
                     Kind::Unavailable {
-                        status: Some(answer.status),
+                        status: None,
                         retry_after: None,
                     },
                     Some(format!("the answer was cut short: {text}")),
