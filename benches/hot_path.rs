@@ -398,6 +398,54 @@ fn median_ns(id: &str) -> Option<f64> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Background load: the machine is shared, and other processes skew every figure
+
+/// CPU ticks the whole machine spent busy, and those this process spent (Linux only).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = fields.iter().take(8).sum::<u64>() - fields.get(3)? - fields.get(4)?;
+    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (which may hold spaces) comes field 3; utime and stime are 14, 15.
+    let after_name = &own[own.rfind(')')? + 2..];
+    let own: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = own.get(11)?.parse().ok()?;
+    let stime: u64 = own.get(12)?.parse().ok()?;
+    Some((busy, utime + stime))
+}
+
+/// The share of the machine other processes kept busy while a group ran, by group.
+static BACKGROUND: Mutex<Vec<(String, f64)>> = Mutex::new(Vec::new());
+
+/// Runs `f` and records how busy other processes kept the machine meanwhile.
+fn watching_load(group: &str, f: impl FnOnce()) {
+    let start = (Instant::now(), cpu_ticks());
+    f();
+    let (Some((busy0, own0)), Some((busy1, own1))) = (start.1, cpu_ticks()) else {
+        return;
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // /proc/stat counts in USER_HZ, 100 per second on Linux.
+    let seconds = start.0.elapsed().as_secs_f64();
+    if seconds < 1.0 {
+        return; // filtered out: nothing ran
+    }
+    let capacity = seconds * 100.0 * cpus;
+    let others = (busy1 - busy0).saturating_sub(own1 - own0) as f64;
+    BACKGROUND
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((group.to_owned(), 100.0 * others / capacity));
+}
+
+// ---------------------------------------------------------------------------------------
 // Benches
 
 fn hot_group<B>(c: &mut Criterion, group: &str, make: fn(u64) -> Request<B>, drained: bool)
@@ -612,10 +660,12 @@ fn replay(c: &mut Criterion) {
     bench!("lengow_auth", layer.layer(RejectEveryOther::default()));
     g.finish();
     let stats = layer.stats();
-    println!(
-        "replay: lengow_auth fetched {} token(s) ({} forced) for {} replays",
-        stats.fetches, stats.forced_refreshes, stats.replays
-    );
+    if stats.replays > 0 {
+        println!(
+            "replay: lengow_auth fetched {} token(s) ({} forced) for {} replays",
+            stats.fetches, stats.forced_refreshes, stats.replays
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -623,6 +673,18 @@ fn replay(c: &mut Criterion) {
 
 fn summary() {
     println!("\n=== summary: median ns per request (overhead = stack - bare) ===");
+    for (group, load) in BACKGROUND
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
+        let warning = if *load > 10.0 {
+            "  <- busy machine: rerun when quiet"
+        } else {
+            ""
+        };
+        println!("background load during {group}: {load:.0}% of the machine{warning}");
+    }
     for group in ["hot_get", "hot_post", "hot_post_drained"] {
         let Some(bare) = median_ns(&format!("{group}/bare")) else {
             continue;
@@ -703,12 +765,12 @@ fn main() {
         .measurement_time(MEASUREMENT)
         .sample_size(SAMPLES)
         .configure_from_args();
-    hot_get(&mut c);
-    hot_post(&mut c);
-    hot_post_drained(&mut c);
-    contention(&mut c);
-    cold_start(&mut c);
-    replay(&mut c);
+    watching_load("hot_get", || hot_get(&mut c));
+    watching_load("hot_post", || hot_post(&mut c));
+    watching_load("hot_post_drained", || hot_post_drained(&mut c));
+    watching_load("contention", || contention(&mut c));
+    watching_load("cold_start", || cold_start(&mut c));
+    watching_load("replay", || replay(&mut c));
     c.final_summary();
     summary();
 }
