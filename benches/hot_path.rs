@@ -53,6 +53,8 @@ const MEASUREMENT: Duration = Duration::from_secs(3);
 const SAMPLES: usize = 40;
 /// Requests built (untimed) before each timed stretch of single-thread runs.
 const CHUNK: u64 = 512;
+/// Rounds of the interleaved pass that follows criterion's runs of a group.
+const ROUNDS: usize = 15;
 
 // ---------------------------------------------------------------------------------------
 // Requests
@@ -448,6 +450,49 @@ fn watching_load(group: &str, f: impl FnOnce()) {
 // ---------------------------------------------------------------------------------------
 // Benches
 
+/// Something that sends `iters` requests and says how long that took.
+type Runner<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
+
+/// Benches each runner with criterion, under `group/name`.
+fn bench_runners(c: &mut Criterion, group: &str, runners: &mut [(String, Runner<'_>)]) {
+    let mut g = c.benchmark_group(group);
+    for (name, runner) in runners.iter_mut() {
+        let id = format!("{group}/{name}");
+        g.bench_function(name.as_str(), |b| {
+            b.iter_custom(|iters| record(&id, iters, runner(iters)))
+        });
+    }
+    g.finish();
+}
+
+/// Medians of the interleaved pass, by bench id.
+static INTERLEAVED: Mutex<BTreeMap<String, f64>> = Mutex::new(BTreeMap::new());
+
+/// When criterion ran every runner of `group` (no filter left one out, not in test mode),
+/// runs them again in turn, `ROUNDS` rounds of `per_round` requests, each round starting one
+/// runner further on, so that a drift in the machine's speed hits every stack alike.
+fn interleave(group: &str, runners: &mut [(String, Runner<'_>)], per_round: u64) {
+    let measured = runners
+        .iter()
+        .all(|(name, _)| median_ns(&format!("{group}/{name}")).is_some());
+    if !measured {
+        return;
+    }
+    let mut times: Vec<Vec<f64>> = runners.iter().map(|_| Vec::new()).collect();
+    for round in 0..ROUNDS {
+        for k in 0..runners.len() {
+            let i = (round + k) % runners.len();
+            let elapsed = (runners[i].1)(per_round);
+            times[i].push(elapsed.as_nanos() as f64 / per_round as f64);
+        }
+    }
+    let mut results = INTERLEAVED.lock().unwrap_or_else(PoisonError::into_inner);
+    for ((name, _), mut t) in runners.iter().zip(times) {
+        t.sort_by(f64::total_cmp);
+        results.insert(format!("{group}/{name}"), t[t.len() / 2]);
+    }
+}
+
 fn hot_group<B>(c: &mut Criterion, group: &str, make: fn(u64) -> Request<B>, drained: bool)
 where
     B: Body + Clone + Send + 'static,
@@ -457,29 +502,39 @@ where
     let layer = warm_layer(&runtime);
     let token = shared_token();
     let _context = runtime.enter();
-    let mut g = c.benchmark_group(group);
 
-    macro_rules! bench {
-        ($name:literal, $service:expr) => {{
-            let id = format!("{group}/{}", $name);
-            let mut service = $service;
-            g.bench_function($name, |b| {
-                b.iter_custom(|iters| record(&id, iters, run_sequential(&mut service, make, iters)))
-            });
-        }};
+    fn runner<'a, S, B, T>(mut service: S, make: fn(u64) -> Request<B>) -> Runner<'a>
+    where
+        S: Service<Request<B>, Response = T> + 'a,
+        S::Error: std::fmt::Debug,
+        B: 'a,
+    {
+        Box::new(move |iters| run_sequential(&mut service, make, iters))
     }
-    if drained {
-        bench!("bare", Drain);
-        bench!("set_header_static", static_header(Drain));
-        bench!("hand_built", hand_built(Drain, &token));
-        bench!("lengow_auth", layer.layer(Drain));
+    let mut runners: Vec<(String, Runner<'_>)> = if drained {
+        vec![
+            ("bare".into(), runner(Drain, make)),
+            (
+                "set_header_static".into(),
+                runner(static_header(Drain), make),
+            ),
+            ("hand_built".into(), runner(hand_built(Drain, &token), make)),
+            ("lengow_auth".into(), runner(layer.layer(Drain), make)),
+        ]
     } else {
-        bench!("bare", Noop);
-        bench!("set_header_static", static_header(Noop));
-        bench!("hand_built", hand_built(Noop, &token));
-        bench!("lengow_auth", layer.layer(Noop));
-    }
-    g.finish();
+        vec![
+            ("bare".into(), runner(Noop, make)),
+            (
+                "set_header_static".into(),
+                runner(static_header(Noop), make),
+            ),
+            ("hand_built".into(), runner(hand_built(Noop, &token), make)),
+            ("lengow_auth".into(), runner(layer.layer(Noop), make)),
+        ]
+    };
+    bench_runners(c, group, &mut runners);
+    interleave(group, &mut runners, 20_000);
+    drop(runners);
     assert_eq!(layer.stats().fetches, 1, "the warm layer fetched again");
 }
 
@@ -499,27 +554,31 @@ fn contention(c: &mut Criterion) {
     let runtime = runtime();
     let layer = warm_layer(&runtime);
     let token = shared_token();
-    let mut g = c.benchmark_group("contention");
 
-    macro_rules! bench {
-        ($name:literal, $service:expr) => {{
-            let service = $service;
-            for threads in [1_u64, 2] {
-                let id = format!("contention/{}/{threads}", $name);
-                g.bench_function(BenchmarkId::new($name, threads), |b| {
-                    b.iter_custom(|iters| {
-                        let elapsed = run_parallel(&runtime, &service, get_request, threads, iters);
-                        record(&id, iters, elapsed)
-                    })
-                });
-            }
-        }};
+    fn runners<'a, S>(
+        runtime: &'a Runtime,
+        name: &str,
+        service: S,
+    ) -> impl Iterator<Item = (String, Runner<'a>)>
+    where
+        S: Service<Request<Empty<Bytes>>> + Clone + Send + 'a,
+        S::Error: std::fmt::Debug,
+    {
+        [1_u64, 2].into_iter().map(move |threads| {
+            let service = service.clone();
+            let runner: Runner<'a> =
+                Box::new(move |iters| run_parallel(runtime, &service, get_request, threads, iters));
+            (format!("{name}/{threads}"), runner)
+        })
     }
-    bench!("bare", Noop);
-    bench!("set_header_static", static_header(Noop));
-    bench!("hand_built", hand_built(Noop, &token));
-    bench!("lengow_auth", layer.layer(Noop));
-    g.finish();
+    let mut all: Vec<(String, Runner<'_>)> = Vec::new();
+    all.extend(runners(&runtime, "bare", Noop));
+    all.extend(runners(&runtime, "set_header_static", static_header(Noop)));
+    all.extend(runners(&runtime, "hand_built", hand_built(Noop, &token)));
+    all.extend(runners(&runtime, "lengow_auth", layer.layer(Noop)));
+    bench_runners(c, "contention", &mut all);
+    interleave("contention", &mut all, 40_000);
+    drop(all);
     assert_eq!(layer.stats().fetches, 1, "the warm layer fetched again");
 }
 
@@ -685,51 +744,66 @@ fn summary() {
         };
         println!("background load during {group}: {load:.0}% of the machine{warning}");
     }
+    let interleaved = |id: &str| {
+        INTERLEAVED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .copied()
+    };
+    let sources: [(&str, &dyn Fn(&str) -> Option<f64>); 2] =
+        [("criterion", &median_ns), ("interleaved", &interleaved)];
     for group in ["hot_get", "hot_post", "hot_post_drained"] {
-        let Some(bare) = median_ns(&format!("{group}/bare")) else {
-            continue;
-        };
-        println!("{group}: bare {bare:.1} ns");
-        let mut overhead = BTreeMap::new();
-        for stack in ["set_header_static", "hand_built", "lengow_auth"] {
-            if let Some(t) = median_ns(&format!("{group}/{stack}")) {
-                println!("  {stack:<18} {t:>8.1} ns   overhead {:>7.1} ns", t - bare);
-                overhead.insert(stack, t - bare);
+        for (source, get) in sources {
+            let Some(bare) = get(&format!("{group}/bare")) else {
+                continue;
+            };
+            println!("{group} ({source}): bare {bare:.1} ns");
+            let mut overhead = BTreeMap::new();
+            for stack in ["set_header_static", "hand_built", "lengow_auth"] {
+                if let Some(t) = get(&format!("{group}/{stack}")) {
+                    println!("  {stack:<18} {t:>8.1} ns   overhead {:>7.1} ns", t - bare);
+                    overhead.insert(stack, t - bare);
+                }
             }
-        }
-        if let (Some(l), Some(h), Some(s)) = (
-            overhead.get("lengow_auth"),
-            overhead.get("hand_built"),
-            overhead.get("set_header_static"),
-        ) {
-            println!(
-                "  lengow_auth overhead / hand_built overhead = {:.2} (target <= 0.8)",
-                l / h
-            );
-            println!(
-                "  lengow_auth overhead / set_header_static overhead = {:.2} (target <= 3)",
-                l / s
-            );
+            if let (Some(l), Some(h), Some(s)) = (
+                overhead.get("lengow_auth"),
+                overhead.get("hand_built"),
+                overhead.get("set_header_static"),
+            ) {
+                println!(
+                    "  lengow_auth overhead / hand_built overhead = {:.2} (target <= 0.8)",
+                    l / h
+                );
+                println!(
+                    "  lengow_auth overhead / set_header_static overhead = {:.2} (target <= 3)",
+                    l / s
+                );
+            }
         }
     }
-    let mut header = false;
-    for stack in ["bare", "set_header_static", "hand_built", "lengow_auth"] {
-        let one = median_ns(&format!("contention/{stack}/1"));
-        let two = median_ns(&format!("contention/{stack}/2"));
-        if let (Some(one), Some(two)) = (one, two) {
-            if !header {
-                println!("contention (GET, requests built in the loop; wall ns per request):");
-                header = true;
-            }
-            println!(
-                "  {stack:<18} 1 thread {one:>7.1} ns   2 threads {two:>7.1} ns   throughput x{:.2}{}",
-                one / two,
-                if stack == "lengow_auth" {
+    for (source, get) in sources {
+        let mut header = false;
+        for stack in ["bare", "set_header_static", "hand_built", "lengow_auth"] {
+            let one = get(&format!("contention/{stack}/1"));
+            let two = get(&format!("contention/{stack}/2"));
+            if let (Some(one), Some(two)) = (one, two) {
+                if !header {
+                    println!(
+                        "contention ({source}; GET, requests built in the loop; wall ns per request):"
+                    );
+                    header = true;
+                }
+                let target = if stack == "lengow_auth" {
                     " (target >= 1.8)"
                 } else {
                     ""
-                }
-            );
+                };
+                println!(
+                    "  {stack:<18} 1 thread {one:>7.1} ns   2 threads {two:>7.1} ns   throughput x{:.2}{target}",
+                    one / two,
+                );
+            }
         }
     }
     for n in [1, 16, 64] {
