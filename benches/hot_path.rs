@@ -751,7 +751,8 @@ fn summary() {
             .get(id)
             .copied()
     };
-    let sources: [(&str, &dyn Fn(&str) -> Option<f64>); 2] =
+    type Lookup<'a> = &'a dyn Fn(&str) -> Option<f64>;
+    let sources: [(&str, Lookup<'_>); 2] =
         [("criterion", &median_ns), ("interleaved", &interleaved)];
     for group in ["hot_get", "hot_post", "hot_post_drained"] {
         for (source, get) in sources {
