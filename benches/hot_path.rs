@@ -18,6 +18,9 @@
 //!
 //! After criterion's own report, a summary prints each stack's median ns per request, its
 //! overhead over `bare`, and the ratios the crate's targets are stated in. See BENCHMARKS.md.
+//!
+//! `HOT_PATH_PROFILE=hot_get/lengow_auth` (any `<group>/<stack>`) skips the benches and sends
+//! requests through one stack for a profiler instead; see [`profile_from_env`].
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -834,7 +837,88 @@ fn summary() {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Profiling one stack (callgrind, perf) instead of benching
+
+/// One request through `service`, never inlined, so a profiler can count just this:
+/// `valgrind --tool=callgrind --toggle-collect='hot_path::profiled*'`.
+#[inline(never)]
+fn profiled<S, R, T>(runtime: &Runtime, service: &mut S, request: R) -> T
+where
+    S: Service<R, Response = T>,
+    S::Error: std::fmt::Debug,
+{
+    drive_or_block(runtime, service, request)
+}
+
+/// Sends `n` requests through `service`, built 500 at a time outside `profiled`.
+fn profile_stack<S, B, T>(runtime: &Runtime, mut service: S, make: fn(u64) -> Request<B>, n: u64)
+where
+    S: Service<Request<B>, Response = T>,
+    S::Error: std::fmt::Debug,
+{
+    for chunk in 0..n.div_ceil(500) {
+        let batch: Vec<_> = (chunk * 500..(chunk + 1) * 500).map(make).collect();
+        for request in batch {
+            black_box(profiled(runtime, &mut service, request));
+        }
+    }
+}
+
+/// With `HOT_PATH_PROFILE=<group>/<stack>` set (groups `hot_get`, `hot_post`,
+/// `hot_post_drained`, `replay`; stacks as in the benches), sends `HOT_PATH_PROFILE_N`
+/// requests (default 20 000) through that stack and returns true: no benching.
+fn profile_from_env() -> bool {
+    let Ok(target) = std::env::var("HOT_PATH_PROFILE") else {
+        return false;
+    };
+    let n = std::env::var("HOT_PATH_PROFILE_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let runtime = runtime();
+    let layer = warm_layer(&runtime);
+    let token = shared_token();
+    let _context = runtime.enter();
+    let rt = &runtime;
+    match target.as_str() {
+        "hot_get/bare" => profile_stack(rt, Noop, get_request, n),
+        "hot_get/set_header_static" => profile_stack(rt, static_header(Noop), get_request, n),
+        "hot_get/hand_built" => profile_stack(rt, hand_built(Noop, &token), get_request, n),
+        "hot_get/lengow_auth" => profile_stack(rt, layer.layer(Noop), get_request, n),
+        "hot_post/bare" => profile_stack(rt, Noop, post_request, n),
+        "hot_post/set_header_static" => profile_stack(rt, static_header(Noop), post_request, n),
+        "hot_post/hand_built" => profile_stack(rt, hand_built(Noop, &token), post_request, n),
+        "hot_post/lengow_auth" => profile_stack(rt, layer.layer(Noop), post_request, n),
+        "hot_post_drained/bare" => profile_stack(rt, Drain, post_request, n),
+        "hot_post_drained/set_header_static" => {
+            profile_stack(rt, static_header(Drain), post_request, n)
+        }
+        "hot_post_drained/hand_built" => {
+            profile_stack(rt, hand_built(Drain, &token), post_request, n)
+        }
+        "hot_post_drained/lengow_auth" => profile_stack(rt, layer.layer(Drain), post_request, n),
+        "replay/hand_built" => profile_stack(
+            rt,
+            hand_built(RejectEveryOther::default(), &token),
+            get_request,
+            n,
+        ),
+        "replay/lengow_auth" => {
+            let mut service = layer.layer(RejectEveryOther::default());
+            // The first rejection forces the one fetch; every later one replays at once.
+            drive_or_block(rt, &mut service, get_request(0));
+            profile_stack(rt, service, get_request, n);
+        }
+        other => panic!("HOT_PATH_PROFILE: no stack `{other}`"),
+    }
+    true
+}
+
 fn main() {
+    if profile_from_env() {
+        return;
+    }
     let mut c = Criterion::default()
         .warm_up_time(WARM_UP)
         .measurement_time(MEASUREMENT)
