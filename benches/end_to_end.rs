@@ -125,6 +125,54 @@ fn cpu_ticks() -> Option<(u64, u64)> {
     Some((busy, utime + stime))
 }
 
+/// Nanoseconds for one hand-off of a cache line between two threads (an atomic passed back
+/// and forth): on a VM it changes with where the host puts the vCPUs, and every atomic the
+/// two tokio workers contend on costs about this much.
+fn handoff_ns() -> f64 {
+    const ROUND_TRIPS: u64 = 100_000;
+    let ball = std::sync::atomic::AtomicU64::new(0);
+    let times: Vec<Duration> = std::thread::scope(|scope| {
+        let sides: Vec<_> = (0..2_u64)
+            .map(|side| {
+                let ball = &ball;
+                scope.spawn(move || {
+                    let start = Instant::now();
+                    for i in 0..ROUND_TRIPS {
+                        let mine = 2 * i + side;
+                        while ball.load(std::sync::atomic::Ordering::Acquire) != mine {
+                            std::hint::spin_loop();
+                        }
+                        ball.store(mine + 1, std::sync::atomic::Ordering::Release);
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        sides
+            .into_iter()
+            .map(|side| side.join().expect("a side finished"))
+            .collect()
+    });
+    let slowest = times.into_iter().max().unwrap_or_default();
+    slowest.as_nanos() as f64 / (2 * ROUND_TRIPS) as f64
+}
+
+/// Prints how busy other processes kept the machine since `start`.
+fn report_load(what: &str, start: (Instant, Option<(u64, u64)>)) {
+    let (Some((busy0, own0)), Some((busy1, own1))) = (start.1, cpu_ticks()) else {
+        return;
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let capacity = start.0.elapsed().as_secs_f64() * 100.0 * cpus;
+    let others = 100.0 * (busy1 - busy0).saturating_sub(own1 - own0) as f64 / capacity;
+    let warning = if others > 10.0 {
+        "  <- busy machine: rerun when quiet"
+    } else {
+        ""
+    };
+    println!("background load during {what}: {others:.0}% of the machine{warning}");
+}
+
 /// Median ns per request of each sample criterion took, by bench name (last `SAMPLES`).
 static RUNS: Mutex<Vec<(&'static str, u64, Duration)>> = Mutex::new(Vec::new());
 
@@ -189,6 +237,7 @@ fn main() {
     runtime.block_on(run(&with_static_header, &uri, 10 * IN_FLIGHT * 100));
     runtime.block_on(run(&with_layer, &uri, 10 * IN_FLIGHT * 100));
 
+    let criterion_start = (Instant::now(), cpu_ticks());
     let mut g = c.benchmark_group("end_to_end");
     g.throughput(criterion::Throughput::Elements(1));
     g.bench_function("static_header", |b| {
@@ -224,7 +273,10 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test") {
         return;
     }
+    report_load("the criterion runs", criterion_start);
+
     // Alternate the stacks, each round in the other order, and compare medians.
+    let handoff_before = handoff_ns();
     let load_start = (Instant::now(), cpu_ticks());
     let mut fixed = Vec::new();
     let mut ours = Vec::new();
@@ -251,17 +303,11 @@ fn main() {
             fixed / ours
         );
     }
-    if let (Some((busy0, own0)), Some((busy1, own1))) = (load_start.1, cpu_ticks()) {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let capacity = load_start.0.elapsed().as_secs_f64() * 100.0 * cpus;
-        let others = 100.0 * (busy1 - busy0).saturating_sub(own1 - own0) as f64 / capacity;
-        let warning = if others > 10.0 {
-            "  <- busy machine: rerun when quiet"
-        } else {
-            ""
-        };
-        println!("background load during the ratio pass: {others:.0}% of the machine{warning}");
-    }
+    report_load("the ratio pass", load_start);
+    println!(
+        "a cache line passes between two threads in {handoff_before:.0} ns before the ratio pass, {:.0} ns after",
+        handoff_ns()
+    );
     let stats = layer.stats();
     println!(
         "fake: {} API requests, {} without a token, {} rejected; layer: {} fetch(es), {} replay(s)",

@@ -27,8 +27,8 @@ use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex, PoisonError, RwLock, mpsc};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -337,10 +337,72 @@ where
     total
 }
 
-/// Sends `iters` requests in all from `threads` threads at once, each with its own clone of
-/// `service`, each building its requests as it goes. Returns the wall time, so the time per
-/// iteration is the time per request of the whole process.
+/// Work for a [`Workers`] thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Long-lived threads for the contention runs: the same threads (and so the same allocator
+/// arenas and thread-locals) serve every run, rather than fresh threads each time.
+struct Workers {
+    queues: Vec<mpsc::Sender<Job>>,
+}
+
+impl Workers {
+    fn start(n: usize) -> Self {
+        let queues = (0..n)
+            .map(|_| {
+                let (queue, jobs) = mpsc::channel::<Job>();
+                std::thread::spawn(move || {
+                    for job in jobs {
+                        job();
+                    }
+                });
+                queue
+            })
+            .collect();
+        Self { queues }
+    }
+}
+
+/// Nanoseconds for one hand-off of a cache line between the two worker threads (an atomic
+/// passed back and forth). On a VM it depends on where the host puts the two vCPUs; every
+/// contended atomic on the hot path pays about this much.
+fn handoff_ns(workers: &Workers) -> f64 {
+    const ROUND_TRIPS: u64 = 100_000;
+    let ball = Arc::new(AtomicU64::new(0));
+    let (done, finished) = mpsc::channel();
+    for (side, queue) in workers.queues.iter().enumerate().take(2) {
+        let ball = Arc::clone(&ball);
+        let done = done.clone();
+        let job: Job = Box::new(move || {
+            let start = Instant::now();
+            for i in 0..ROUND_TRIPS {
+                let mine = 2 * i + side as u64;
+                while ball.load(Ordering::Acquire) != mine {
+                    std::hint::spin_loop();
+                }
+                ball.store(mine + 1, Ordering::Release);
+            }
+            let _ = done.send(start.elapsed());
+        });
+        queue
+            .send(job)
+            .expect("the worker threads live as long as the bench");
+    }
+    let slowest = (0..2)
+        .map(|_| finished.recv().expect("both sides finish"))
+        .max()
+        .unwrap_or_default();
+    slowest.as_nanos() as f64 / (2 * ROUND_TRIPS) as f64
+}
+
+/// Hand-off times measured before and after the contention group, for the summary.
+static HANDOFF: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+
+/// Sends `iters` requests in all from `threads` worker threads at once, each with its own
+/// clone of `service`, each building its requests as it goes. Returns the wall time, so the
+/// time per iteration is the time per request of the whole process.
 fn run_parallel<S, B, T>(
+    workers: &Workers,
     runtime: &Runtime,
     service: &S,
     make: fn(u64) -> Request<B>,
@@ -348,28 +410,36 @@ fn run_parallel<S, B, T>(
     iters: u64,
 ) -> Duration
 where
-    S: Service<Request<B>, Response = T> + Clone + Send,
+    S: Service<Request<B>, Response = T> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
+    B: 'static,
 {
-    let start_line = Barrier::new(threads as usize + 1);
-    let handle = runtime.handle();
-    std::thread::scope(|scope| {
-        for t in 0..threads {
-            let mut service = service.clone();
-            let share = iters / threads + u64::from(t < iters % threads);
-            let start_line = &start_line;
-            scope.spawn(move || {
-                let _runtime = handle.enter();
-                start_line.wait();
-                for i in 0..share {
-                    black_box(drive(&mut service, make(i)));
-                }
-            });
-        }
-        start_line.wait();
-        Instant::now()
-    })
-    .elapsed()
+    let start_line = Arc::new(Barrier::new(threads as usize + 1));
+    let (done, finished) = mpsc::channel();
+    for t in 0..threads {
+        let mut service = service.clone();
+        let share = iters / threads + u64::from(t < iters % threads);
+        let start_line = Arc::clone(&start_line);
+        let handle = runtime.handle().clone();
+        let done = done.clone();
+        let job: Job = Box::new(move || {
+            let _runtime = handle.enter();
+            start_line.wait();
+            for i in 0..share {
+                black_box(drive(&mut service, make(i)));
+            }
+            let _ = done.send(());
+        });
+        workers.queues[t as usize]
+            .send(job)
+            .expect("the worker threads live as long as the bench");
+    }
+    start_line.wait();
+    let start = Instant::now();
+    for _ in 0..threads {
+        finished.recv().expect("every worker reports back");
+    }
+    start.elapsed()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -557,31 +627,40 @@ fn contention(c: &mut Criterion) {
     let runtime = runtime();
     let layer = warm_layer(&runtime);
     let token = shared_token();
+    let workers = Workers::start(2);
+    let handoff_before = handoff_ns(&workers);
 
     fn runners<'a, S>(
+        workers: &'a Workers,
         runtime: &'a Runtime,
         name: &str,
         service: S,
     ) -> impl Iterator<Item = (String, Runner<'a>)>
     where
-        S: Service<Request<Empty<Bytes>>> + Clone + Send + 'a,
+        S: Service<Request<Empty<Bytes>>> + Clone + Send + 'static,
         S::Error: std::fmt::Debug,
     {
         [1_u64, 2].into_iter().map(move |threads| {
             let service = service.clone();
-            let runner: Runner<'a> =
-                Box::new(move |iters| run_parallel(runtime, &service, get_request, threads, iters));
+            let runner: Runner<'a> = Box::new(move |iters| {
+                run_parallel(workers, runtime, &service, get_request, threads, iters)
+            });
             (format!("{name}/{threads}"), runner)
         })
     }
+    let (w, rt) = (&workers, &runtime);
     let mut all: Vec<(String, Runner<'_>)> = Vec::new();
-    all.extend(runners(&runtime, "bare", Noop));
-    all.extend(runners(&runtime, "set_header_static", static_header(Noop)));
-    all.extend(runners(&runtime, "hand_built", hand_built(Noop, &token)));
-    all.extend(runners(&runtime, "lengow_auth", layer.layer(Noop)));
+    all.extend(runners(w, rt, "bare", Noop));
+    all.extend(runners(w, rt, "set_header_static", static_header(Noop)));
+    all.extend(runners(w, rt, "hand_built", hand_built(Noop, &token)));
+    all.extend(runners(w, rt, "lengow_auth", layer.layer(Noop)));
     bench_runners(c, "contention", &mut all);
     interleave("contention", &mut all, 40_000);
     drop(all);
+    HANDOFF
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend([handoff_before, handoff_ns(&workers)]);
     assert_eq!(layer.stats().fetches, 1, "the warm layer fetched again");
 }
 
@@ -785,6 +864,15 @@ fn summary() {
                 );
             }
         }
+    }
+    if let [before, after] = HANDOFF
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_slice()
+    {
+        println!(
+            "contention: a cache line passes between the two threads in {before:.0} ns before, {after:.0} ns after"
+        );
     }
     for (source, get) in sources {
         let mut header = false;
