@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,21 +69,72 @@ pub struct LengowAuthLayer {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// What the layer and its services share. Its drop stops the refresher.
+/// What the layer and its services hold. Its drop (the last handle's) stops the refresher.
 pub(crate) struct Shared {
+    pub(crate) core: Arc<Core>,
+    /// Response futures hold the core through the stripe of their thread, so that threads do
+    /// not share one reference count.
+    stripes: Box<[Arc<Stripe>]>,
+}
+
+/// Stripes per layer; threads take them round robin.
+const STRIPES: usize = 8;
+
+/// The token cache and the settings requests need.
+pub(crate) struct Core {
     pub(crate) cache: Arc<Cache>,
     pub(crate) origin: Origin,
     pub(crate) refresh_on: Vec<StatusCode>,
     pub(crate) replay_body_limit: usize,
+    /// Tells this layer's tokens apart from another layer's in per-thread copies.
+    pub(crate) id: u64,
+}
+
+/// One reference to the core, on a cache line of its own.
+#[repr(align(128))]
+pub(crate) struct Stripe(Arc<Core>);
+
+impl std::ops::Deref for Stripe {
+    type Target = Core;
+
+    #[inline]
+    fn deref(&self) -> &Core {
+        &self.0
+    }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.cache.shutdown();
+        self.core.cache.shutdown();
     }
 }
 
 impl Shared {
+    fn new(core: Core) -> Self {
+        let core = Arc::new(core);
+        let stripes = (0..STRIPES)
+            .map(|_| Arc::new(Stripe(Arc::clone(&core))))
+            .collect();
+        Self { core, stripes }
+    }
+
+    /// The core, through this thread's stripe.
+    #[inline]
+    pub(crate) fn stripe(&self) -> Arc<Stripe> {
+        Arc::clone(&self.stripes[crate::local::stripe() % STRIPES])
+    }
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Core;
+
+    #[inline]
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Core {
     #[inline]
     pub(crate) fn rejects(&self, status: StatusCode) -> bool {
         self.refresh_on.contains(&status)
@@ -95,6 +147,8 @@ pub(crate) struct Origin {
     https: bool,
     host: String,
     port: u16,
+    /// The authority as a request usually spells it: `host` and `host:port`.
+    spellings: [String; 2],
 }
 
 impl Origin {
@@ -118,12 +172,50 @@ impl Origin {
             )));
         }
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        Ok(Self { https, host, port })
+        let default_port = port == if https { 443 } else { 80 };
+        let with_port = format!("{host}:{port}");
+        let spellings = if default_port {
+            [host.clone(), with_port]
+        } else {
+            [with_port.clone(), with_port]
+        };
+        Ok(Self {
+            https,
+            host,
+            port,
+            spellings,
+        })
     }
 
     /// Whether `uri` points at this origin. A path-only URI does.
     #[inline]
     pub(crate) fn matches(&self, uri: &Uri) -> bool {
+        let Some(authority) = uri.authority() else {
+            return true;
+        };
+        // The common spellings compare as text; anything else is parsed.
+        let authority = authority.as_str();
+        if self
+            .spellings
+            .iter()
+            .any(|s| s == authority || s.eq_ignore_ascii_case(authority))
+        {
+            return match uri.scheme() {
+                Some(s) => {
+                    *s == if self.https {
+                        Scheme::HTTPS
+                    } else {
+                        Scheme::HTTP
+                    }
+                }
+                None => true,
+            };
+        }
+        self.matches_parsed(uri)
+    }
+
+    #[cold]
+    fn matches_parsed(&self, uri: &Uri) -> bool {
         let Some(host) = uri.host() else {
             return true;
         };
@@ -319,13 +411,15 @@ impl LengowAuthBuilder {
             },
             fetcher,
         );
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(LengowAuthLayer {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Shared::new(Core {
                 cache: Arc::new(cache),
                 origin,
                 refresh_on: self.refresh_on,
                 replay_body_limit: self.replay_body_limit,
-            }),
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            })),
         })
     }
 }

@@ -52,7 +52,9 @@
 
 mod error;
 mod future;
+mod head;
 mod layer;
+mod local;
 mod replay;
 mod service;
 mod stats;

@@ -68,6 +68,9 @@ struct State {
     last_forced: Option<Instant>,
     forced_floor: Duration,
     refresher: Option<AbortHandle>,
+    /// Every handle to the layer is gone: requests still in flight may fetch, but no
+    /// refresher starts again.
+    closed: bool,
 }
 
 /// What a caller of the slow path gets: an answer now, or a fetch to wait on.
@@ -90,6 +93,7 @@ impl Cache {
                 last_forced: None,
                 forced_floor,
                 refresher: None,
+                closed: false,
             }),
             fetcher,
             changed: Notify::new(),
@@ -312,7 +316,7 @@ impl Cache {
 
     /// Starts the background refresher on first use, or again if its runtime went away.
     fn ensure_refresher(self: &Arc<Self>, state: &mut State) {
-        if state.refresher.as_ref().is_some_and(|r| !r.is_finished()) {
+        if state.closed || state.refresher.as_ref().is_some_and(|r| !r.is_finished()) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -324,7 +328,9 @@ impl Cache {
 
     /// Stops the refresher: called when the last handle to the layer is dropped.
     pub(crate) fn shutdown(&self) {
-        if let Some(refresher) = self.lock().refresher.take() {
+        let mut state = self.lock();
+        state.closed = true;
+        if let Some(refresher) = state.refresher.take() {
             refresher.abort();
         }
     }
@@ -369,8 +375,9 @@ impl Cache {
                     }
                 };
                 match step {
-                    Err(until) => tokio::time::sleep_until(until).await,
-                    Ok(step) => match wait(step).await {
+                    // Wake at the token's expiry at the latest, to mark it expired.
+                    Err(until) => tokio::time::sleep_until(until.min(token.usable_until())).await,
+                    Ok(step) => match expire_meanwhile(&token, wait(step)).await {
                         Ok(_) => {
                             tracing::debug!("background refresh done");
                             break;
@@ -403,6 +410,17 @@ impl State {
         self.failure
             .as_ref()
             .is_some_and(|(_, until)| Instant::now() < *until)
+    }
+}
+
+/// Waits for `outcome`, marking `token` expired if its time runs out meanwhile.
+async fn expire_meanwhile(token: &Token, mut outcome: BoxFuture<Outcome>) -> Outcome {
+    tokio::select! {
+        result = &mut outcome => result,
+        () = tokio::time::sleep_until(token.usable_until()) => {
+            token.expire();
+            outcome.await
+        }
     }
 }
 

@@ -9,7 +9,7 @@ mod response;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwapOption, Guard};
@@ -45,6 +45,9 @@ pub(crate) struct Token {
     forced: bool,
     /// The API has accepted this token at least once.
     proven: AtomicBool,
+    /// Set once tokio's clock has passed `usable_until` (by the refresher's timer, or by the
+    /// slow path), so the hot path reads a flag instead of the clock.
+    expired: AtomicBool,
 }
 
 /// When a token was asked for, by both clocks.
@@ -84,13 +87,34 @@ impl Token {
             refresh_at: asked.at + refresh_after,
             forced,
             proven: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
         }
     }
 
-    /// Whether the token may still be sent, by tokio's clock and by the wall clock.
-    #[inline]
+    /// Whether the token may still be sent, by tokio's clock and by the wall clock; marks it
+    /// expired when it may not.
     pub(crate) fn is_usable(&self, now: Instant, wall: SystemTime) -> bool {
-        now < self.usable_until && wall < self.wall_usable_until
+        let usable = now < self.usable_until && wall < self.wall_usable_until;
+        if !usable {
+            self.expire();
+        }
+        usable
+    }
+
+    /// The hot path's check: the expiry flag (tokio's clock, set by a timer) and the wall
+    /// clock (which, unlike tokio's, runs on while the machine sleeps).
+    #[inline]
+    pub(crate) fn is_fresh(&self, wall: SystemTime) -> bool {
+        !self.expired.load(Ordering::Relaxed) && wall < self.wall_usable_until
+    }
+
+    pub(crate) fn expire(&self) {
+        self.expired.store(true, Ordering::Relaxed);
+    }
+
+    /// When tokio's clock says the token may no longer be sent.
+    pub(crate) fn usable_until(&self) -> Instant {
+        self.usable_until
     }
 
     /// Records that the API accepted this token (cheap when already recorded).
@@ -117,32 +141,44 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Where the current token lives: read on every request, replaced after every fetch.
+/// Where the current token lives: replaced after every fetch, read by every thread the first
+/// time it sees a new generation.
 ///
 /// This is the seam for a shared store (one token for a fleet behind one IP): the cache
-/// reads and replaces the current token through these three calls only.
+/// reads and replaces the current token through these calls only.
 pub(crate) struct TokenSlot {
     current: ArcSwapOption<Token>,
+    /// The generation of the current token (0 before the first); threads compare it with
+    /// their own copy's to know the copy is current, without touching a reference count.
+    generation: AtomicU64,
 }
 
 impl TokenSlot {
     fn new() -> Self {
         Self {
             current: ArcSwapOption::const_empty(),
+            generation: AtomicU64::new(0),
         }
     }
 
     /// The current token without touching its reference count.
-    #[inline]
     pub(crate) fn load(&self) -> Guard<Option<Arc<Token>>> {
         self.current.load()
     }
 
-    fn load_full(&self) -> Option<Arc<Token>> {
+    pub(crate) fn load_full(&self) -> Option<Arc<Token>> {
         self.current.load_full()
     }
 
+    /// The current token's generation.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     fn replace(&self, token: Arc<Token>) {
+        let generation = token.generation;
         self.current.store(Some(token));
+        self.generation.store(generation, Ordering::Release);
     }
 }

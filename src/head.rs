@@ -1,0 +1,157 @@
+//! [`Head`]: the copy of a request head kept for a replay, made on every request.
+//! Method, URI and headers are laid as bytes in one buffer; they are parsed back only on a replay.
+
+use bytes::{Buf, Bytes};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+
+/// What a replay needs of the first request but its body and token.
+///
+/// Cloning is the obvious copy and not the cheapest: a `HeaderMap` clone allocates twice, and
+/// every header value or URI built at run time allocates again the first time its bytes are
+/// shared. Copying the bytes into one buffer costs one allocation, whatever the request.
+pub(crate) struct Head {
+    version: Version,
+    extensions: Extensions,
+    /// For the method, scheme, authority and path: its length (2 bytes) and its bytes. Then
+    /// for each header but `Authorization`: the name's length (2 bytes) and the name, the
+    /// value's length (4 bytes) and the value, and whether it is sensitive (1 byte).
+    bytes: Vec<u8>,
+}
+
+impl Head {
+    /// Copies the head of a request, leaving out its `Authorization`.
+    pub(crate) fn copy(parts: &http::request::Parts) -> Self {
+        let uri = &parts.uri;
+        let pieces = [
+            parts.method.as_str(),
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", Authority::as_str),
+            uri.path_and_query().map_or("", PathAndQuery::as_str),
+        ];
+        let mut bytes = Vec::with_capacity(
+            pieces.iter().map(|p| p.len() + 2).sum::<usize>() + 48 * parts.headers.len(),
+        );
+        for piece in pieces {
+            put(&mut bytes, piece.as_bytes());
+        }
+        for (name, value) in &parts.headers {
+            if name == header::AUTHORIZATION {
+                continue;
+            }
+            put(&mut bytes, name.as_str().as_bytes());
+            bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.push(u8::from(value.is_sensitive()));
+        }
+        Self {
+            version: parts.version,
+            extensions: parts.extensions.clone(),
+            bytes,
+        }
+    }
+
+    /// The request again, with `body`; its parts share one buffer.
+    pub(crate) fn into_request<B>(self, body: B) -> Request<B> {
+        let mut rest = Bytes::from(self.bytes);
+        let mut take_piece = || {
+            let len = usize::from(rest.get_u16_le());
+            rest.split_to(len)
+        };
+        // Every piece came from a valid method, URI and header, so each parses again.
+        let method = Method::from_bytes(&take_piece()).unwrap_or_default();
+        let (scheme, authority, path) = (take_piece(), take_piece(), take_piece());
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = (!scheme.is_empty())
+            .then(|| Scheme::try_from(&scheme[..]).ok())
+            .flatten();
+        uri.authority = (!authority.is_empty())
+            .then(|| Authority::from_maybe_shared(authority).ok())
+            .flatten();
+        uri.path_and_query = (!path.is_empty())
+            .then(|| PathAndQuery::from_maybe_shared(path).ok())
+            .flatten();
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
+        *request.version_mut() = self.version;
+        *request.extensions_mut() = self.extensions;
+        let headers = request.headers_mut();
+        while !rest.is_empty() {
+            let name_len = usize::from(rest.get_u16_le());
+            let name = rest.split_to(name_len);
+            let value_len = rest.get_u32_le() as usize;
+            let value = rest.split_to(value_len);
+            let sensitive = rest.get_u8() == 1;
+            if let (Ok(name), Ok(mut value)) = (
+                HeaderName::from_bytes(&name),
+                HeaderValue::from_maybe_shared(value),
+            ) {
+                value.set_sensitive(sensitive);
+                headers.append(name, value);
+            }
+        }
+        request
+    }
+}
+
+/// A piece with its length; a header name or request-line piece is under 64 KiB.
+fn put(bytes: &mut Vec<u8>, piece: &[u8]) {
+    bytes.extend_from_slice(&(piece.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(piece);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(request: Request<()>) -> (Request<()>, Request<()>) {
+        let (parts, ()) = request.into_parts();
+        let copy = Head::copy(&parts).into_request(());
+        (Request::from_parts(parts, ()), copy)
+    }
+
+    #[test]
+    fn every_part_comes_back_but_authorization() {
+        let mut secret = HeaderValue::from_static("cookie-value");
+        secret.set_sensitive(true);
+        let request = Request::post("https://api.lengow.io:8443/v3.0/orders/actions/?a=1&b=2")
+            .version(Version::HTTP_2)
+            .header(header::ACCEPT, "application/json")
+            .header("x-custom", "one")
+            .header("x-custom", HeaderValue::from_bytes(b"two \xff").unwrap())
+            .header(header::COOKIE, secret)
+            .header(header::AUTHORIZATION, "old-token")
+            .header("x-empty", "")
+            .extension(42u32)
+            .body(())
+            .unwrap();
+        let (original, copy) = round_trip(request);
+        assert_eq!(copy.method(), Method::POST);
+        assert_eq!(copy.uri(), original.uri());
+        assert_eq!(copy.version(), Version::HTTP_2);
+        assert_eq!(copy.extensions().get::<u32>(), Some(&42));
+        let mut expected = original.headers().clone();
+        expected.remove(header::AUTHORIZATION);
+        assert_eq!(copy.headers(), &expected);
+        let values: Vec<_> = copy.headers().get_all("x-custom").iter().collect();
+        assert_eq!(values.len(), 2);
+        assert_eq!(values[0], "one");
+        assert_eq!(values[1].as_bytes(), b"two \xff");
+        assert!(copy.headers()[header::COOKIE].is_sensitive());
+        assert!(!copy.headers()[header::ACCEPT].is_sensitive());
+    }
+
+    #[test]
+    fn path_only_uris_and_extension_methods_come_back() {
+        let request = Request::builder()
+            .method(Method::from_bytes(b"PURGE").unwrap())
+            .uri("/v3.0/orders?account_id=1")
+            .body(())
+            .unwrap();
+        let (original, copy) = round_trip(request);
+        assert_eq!(copy.method().as_str(), "PURGE");
+        assert_eq!(copy.uri(), original.uri());
+        assert!(copy.headers().is_empty());
+    }
+}

@@ -1,0 +1,92 @@
+//! Per-thread state of the hot path, so that requests on different threads write to no shared
+//! cache line: the stripe a thread holds the layer through, and its own copy of the token.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use http::HeaderValue;
+
+use crate::token::{Token, TokenSlot};
+
+/// Hands each thread the next stripe index, round robin.
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+/// This thread's copy of a layer's current token and of its header.
+struct LocalToken {
+    layer: u64,
+    token: Arc<Token>,
+    header: HeaderValue,
+}
+
+/// Slots of the per-thread token cache; a layer always uses the same one.
+const SLOTS: usize = 4;
+
+thread_local! {
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    static TOKENS: RefCell<[Option<LocalToken>; SLOTS]> = const { RefCell::new([None, None, None, None]) };
+}
+
+/// This thread's stripe index (the same for the thread's life).
+#[inline]
+pub(crate) fn stripe() -> usize {
+    STRIPE.with(|stripe| {
+        let mut index = stripe.get();
+        if index == usize::MAX {
+            index = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed);
+            stripe.set(index);
+        }
+        index
+    })
+}
+
+/// What a request is sent with.
+pub(crate) struct Sending {
+    pub(crate) header: HeaderValue,
+    pub(crate) generation: u64,
+    pub(crate) unproven: bool,
+}
+
+/// The current token of layer `layer` if it may be sent now, from this thread's copy.
+///
+/// The copy is checked against the slot's generation (one atomic load, no reference count) and
+/// renewed from the slot when a new token is in. Its header is this thread's own: cloning the
+/// token's shared header would bump one reference count from every thread.
+#[inline]
+pub(crate) fn token(layer: u64, slot: &TokenSlot, wall: SystemTime) -> Option<Sending> {
+    let generation = slot.generation();
+    if generation == 0 {
+        return None;
+    }
+    let sending = |local: &LocalToken| {
+        local.token.is_fresh(wall).then(|| Sending {
+            header: local.header.clone(),
+            generation: local.token.generation,
+            unproven: local.token.unproven_forced(),
+        })
+    };
+    TOKENS
+        .try_with(|tokens| {
+            let mut tokens = tokens.try_borrow_mut().ok()?;
+            let entry = &mut tokens[(layer % SLOTS as u64) as usize];
+            match entry {
+                Some(local) if local.layer == layer && local.token.generation == generation => {
+                    sending(local)
+                }
+                _ => {
+                    let token = slot.load_full()?;
+                    let mut header = HeaderValue::from_bytes(token.header.as_bytes()).ok()?;
+                    header.set_sensitive(true);
+                    let local = entry.insert(LocalToken {
+                        layer,
+                        token,
+                        header,
+                    });
+                    sending(local)
+                }
+            }
+        })
+        .ok()
+        .flatten()
+}
