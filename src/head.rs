@@ -1,6 +1,8 @@
 //! [`Head`]: the copy of a request head kept for a replay, made on every request.
 //! Method, URI and headers are laid as bytes in one buffer; they are parsed back only on a replay.
 
+use std::cell::RefCell;
+
 use bytes::{Buf, Bytes};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
@@ -16,7 +18,46 @@ pub(crate) struct Head {
     /// For the method, scheme, authority and path: its length (2 bytes) and its bytes. Then
     /// for each header but `Authorization`: the name's length (2 bytes) and the name, the
     /// value's length (4 bytes) and the value, and whether it is sensitive (1 byte).
+    /// Taken from this thread's pool, and given back to it when the head is dropped unused.
     bytes: Vec<u8>,
+}
+
+/// Buffers a thread keeps for heads; most requests are answered without a replay, so the
+/// same few buffers serve request after request without touching the allocator.
+const POOL_BUFFERS: usize = 16;
+/// A larger buffer is freed rather than kept.
+const POOL_MAX_CAPACITY: usize = 4096;
+/// What a new buffer starts with: a typical Lengow request head fits.
+const INITIAL_CAPACITY: usize = 512;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn pooled() -> Vec<u8> {
+    POOL.try_with(|pool| pool.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(INITIAL_CAPACITY))
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        if bytes.capacity() == 0 || bytes.capacity() > POOL_MAX_CAPACITY {
+            return;
+        }
+        // The bytes are overwritten by the next head; they may hold cookies, so the buffer
+        // never leaves this crate.
+        bytes.clear();
+        let _ = POOL.try_with(|pool| {
+            if let Ok(mut pool) = pool.try_borrow_mut() {
+                if pool.len() < POOL_BUFFERS {
+                    pool.push(bytes);
+                }
+            }
+        });
+    }
 }
 
 impl Head {
@@ -29,9 +70,7 @@ impl Head {
             uri.authority().map_or("", Authority::as_str),
             uri.path_and_query().map_or("", PathAndQuery::as_str),
         ];
-        let mut bytes = Vec::with_capacity(
-            pieces.iter().map(|p| p.len() + 2).sum::<usize>() + 48 * parts.headers.len(),
-        );
+        let mut bytes = pooled();
         for piece in pieces {
             put(&mut bytes, piece.as_bytes());
         }
@@ -52,8 +91,8 @@ impl Head {
     }
 
     /// The request again, with `body`; its parts share one buffer.
-    pub(crate) fn into_request<B>(self, body: B) -> Request<B> {
-        let mut rest = Bytes::from(self.bytes);
+    pub(crate) fn into_request<B>(mut self, body: B) -> Request<B> {
+        let mut rest = Bytes::from(std::mem::take(&mut self.bytes));
         let mut take_piece = || {
             let len = usize::from(rest.get_u16_le());
             rest.split_to(len)
@@ -75,7 +114,7 @@ impl Head {
         *request.method_mut() = method;
         *request.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
         *request.version_mut() = self.version;
-        *request.extensions_mut() = self.extensions;
+        *request.extensions_mut() = std::mem::take(&mut self.extensions);
         let headers = request.headers_mut();
         while !rest.is_empty() {
             let name_len = usize::from(rest.get_u16_le());
