@@ -15,7 +15,8 @@ use pin_project_lite::pin_project;
 #[derive(Default)]
 pub(crate) struct Captured {
     chunks: Vec<Bytes>,
-    trailers: Option<HeaderMap>,
+    // Boxed: trailers are rare, and the body is moved with every request.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 /// Where a replay gets its body from.
@@ -71,7 +72,7 @@ pin_project! {
         },
         Replay {
             chunks: std::vec::IntoIter<Bytes>,
-            trailers: Option<HeaderMap>,
+            trailers: Option<Box<HeaderMap>>,
         },
     }
 }
@@ -132,7 +133,7 @@ where
             StateProj::Empty => Poll::Ready(None),
             StateProj::Replay { chunks, trailers } => match chunks.next() {
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t)))),
             },
             StateProj::Live {
                 mut body,
@@ -172,7 +173,7 @@ where
                     Err(frame) => match frame.into_trailers() {
                         Ok(trailers) => {
                             if let Some(kept) = kept.as_mut() {
-                                kept.trailers = Some(trailers.clone());
+                                kept.trailers = Some(Box::new(trailers.clone()));
                             }
                             Frame::trailers(trailers)
                         }
