@@ -14,7 +14,10 @@ use pin_project_lite::pin_project;
 /// A body as it was first sent, complete, ready to be sent again.
 #[derive(Default)]
 pub(crate) struct Captured {
-    chunks: Vec<Bytes>,
+    // Most bodies come in one chunk: it is kept inline, and the vector allocates only for
+    // the second.
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
     // Boxed: trailers are rare, and the body is moved with every request.
     trailers: Option<Box<HeaderMap>>,
 }
@@ -35,7 +38,13 @@ impl Source {
             Source::Capture(cell) => {
                 let captured = cell.get()?;
                 State::Replay {
-                    chunks: captured.chunks.clone().into_iter(),
+                    chunks: captured
+                        .first
+                        .iter()
+                        .chain(&captured.rest)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .into_iter(),
                     trailers: captured.trailers.clone(),
                 }
             }
@@ -166,7 +175,10 @@ where
                                 );
                             }
                         } else if let Some(kept) = kept.as_mut() {
-                            kept.chunks.push(bytes.clone());
+                            match kept.first {
+                                None => kept.first = Some(bytes.clone()),
+                                Some(_) => kept.rest.push(bytes.clone()),
+                            }
                         }
                         Frame::data(bytes)
                     }
