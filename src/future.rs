@@ -262,7 +262,7 @@ fn take<T>(slot: &mut Option<T>) -> T {
 /// The API accepted the token: a forced one is proven, so the forced-refresh floor resets.
 fn accepted(shared: &Core, generation: u64, unproven: bool) {
     if unproven {
-        if let Some(token) = shared.cache.slot().load().as_ref() {
+        if let Some(token) = shared.cache.slot().load_full() {
             if token.generation == generation {
                 token.mark_accepted();
             }

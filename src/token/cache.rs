@@ -105,7 +105,8 @@ impl Cache {
         &*self.config.clock
     }
 
-    /// The hot path: the current token, if it is usable now. Takes no lock.
+    /// Where the current token is: the hot path checks its generation against a per-thread
+    /// copy (`crate::local`) and reads it only when a new one is in.
     #[inline]
     pub(crate) fn slot(&self) -> &TokenSlot {
         &self.slot
@@ -260,7 +261,9 @@ impl Cache {
                 ));
                 self.slot.replace(Arc::clone(&token));
                 drop(state);
-                self.changed.notify_one();
+                // Wakes a refresher already waiting, and leaves no permit behind: a stored permit
+                // would make the refresher schedule the same token twice.
+                self.changed.notify_waiters();
                 span.record("outcome", "ok");
                 span.record("account_id", token.account_id);
                 tracing::info!(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::{ArcSwapOption, Guard};
+use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::time::Instant;
 
@@ -159,11 +159,6 @@ impl TokenSlot {
             current: ArcSwapOption::const_empty(),
             generation: AtomicU64::new(0),
         }
-    }
-
-    /// The current token without touching its reference count.
-    pub(crate) fn load(&self) -> Guard<Option<Arc<Token>>> {
-        self.current.load()
     }
 
     pub(crate) fn load_full(&self) -> Option<Arc<Token>> {
