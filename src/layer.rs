@@ -18,7 +18,7 @@ use tower_service::Service;
 use crate::error::{BoxError, Error};
 use crate::service::LengowAuth;
 use crate::stats::Stats;
-use crate::token::{Cache, CacheConfig, Credentials, Fetcher, Redacted, SystemClock, WallClock};
+use crate::token::{Cache, CacheConfig, Clock, Credentials, Fetcher, Redacted, WallClock};
 
 /// Lengow's production API origin.
 pub const DEFAULT_API_URL: &str = "https://api.lengow.io";
@@ -250,7 +250,7 @@ impl LengowAuthLayer {
             invalid_credentials_cooldown: DEFAULT_INVALID_CREDENTIALS_COOLDOWN,
             refresh_on: vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
             bearer: false,
-            wall_clock: Arc::new(SystemClock),
+            wall_clock: Clock::System,
         }
     }
 
@@ -295,7 +295,7 @@ pub struct LengowAuthBuilder {
     invalid_credentials_cooldown: Duration,
     refresh_on: Vec<StatusCode>,
     bearer: bool,
-    wall_clock: Arc<dyn WallClock>,
+    wall_clock: Clock,
 }
 
 impl LengowAuthBuilder {
@@ -361,9 +361,9 @@ impl LengowAuthBuilder {
         self
     }
 
-    /// The wall clock expiry is also judged by (default [`SystemClock`]).
+    /// The wall clock expiry is also judged by (default [`SystemClock`](crate::SystemClock)).
     pub fn wall_clock(mut self, clock: impl WallClock) -> Self {
-        self.wall_clock = Arc::new(clock);
+        self.wall_clock = Clock::Custom(Arc::new(clock));
         self
     }
 

@@ -12,7 +12,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Asked, Fetcher, Token, TokenSlot, WallClock};
+use super::{Asked, Clock, Fetcher, Token, TokenSlot};
 use crate::error::{Error, Kind};
 use crate::stats::Counters;
 
@@ -33,7 +33,7 @@ pub(crate) struct CacheConfig {
     pub(crate) min_refresh_interval: Duration,
     pub(crate) invalid_credentials_cooldown: Duration,
     pub(crate) bearer: bool,
-    pub(crate) clock: Arc<dyn WallClock>,
+    pub(crate) clock: Clock,
 }
 
 /// Why a fetch was started.
@@ -101,8 +101,9 @@ impl Cache {
         }
     }
 
-    pub(crate) fn clock(&self) -> &dyn WallClock {
-        &*self.config.clock
+    #[inline]
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.config.clock
     }
 
     /// Where the current token is: the hot path checks its generation against a per-thread
@@ -235,7 +236,7 @@ impl Cache {
         };
         let result = self
             .fetcher
-            .fetch(&*self.config.clock)
+            .fetch(&self.config.clock)
             .instrument(span.clone())
             .await;
         let result = result.and_then(|answer| {

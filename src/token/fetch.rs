@@ -14,7 +14,7 @@ use tower::ServiceExt;
 use tower_service::Service;
 
 use super::response::{self, MAX_ANSWER_BYTES, TokenAnswer};
-use super::{Credentials, WallClock};
+use super::{Clock, Credentials};
 use crate::error::{BoxError, Error, Kind};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -109,7 +109,7 @@ impl Fetcher {
     }
 
     /// One `get_token` call, bounded by the fetch timeout.
-    pub(crate) async fn fetch(&self, clock: &dyn WallClock) -> Result<TokenAnswer, Error> {
+    pub(crate) async fn fetch(&self, clock: &Clock) -> Result<TokenAnswer, Error> {
         let secrets: Vec<&str> = self.secret_spellings.iter().map(String::as_str).collect();
         let answer = match tokio::time::timeout(self.timeout, (self.call)(self.request())).await {
             Err(_) => {

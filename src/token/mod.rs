@@ -17,6 +17,7 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 pub(crate) use cache::{Cache, CacheConfig};
+pub(crate) use clock::Clock;
 pub use clock::{SystemClock, WallClock};
 pub use credentials::Credentials;
 pub(crate) use fetch::Fetcher;
