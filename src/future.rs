@@ -85,6 +85,7 @@ where
     S: Service<Request<ReplayBody<B>>>,
     B: Body,
 {
+    #[inline]
     pub(crate) fn new(mut service: S, shared: &Shared, request: Request<B>) -> Self {
         let shared = shared.stripe();
         if !shared.origin.matches(request.uri()) {
@@ -129,24 +130,32 @@ where
     }
 
     /// Injects the token, keeps what a replay needs and makes the first call.
+    ///
+    /// The request is changed in place and moved once, to give it its replayable body: the
+    /// head is the largest thing on the hot path, and every move of it is a copy.
+    #[inline]
     fn send(
         service: &mut S,
         shared: &Core,
         request: Request<B>,
         header: http::HeaderValue,
     ) -> (State<S::Future, B>, Plan) {
-        let (mut parts, body) = request.into_parts();
-        let (body, source) = if shared.refresh_on.is_empty() {
-            (ReplayBody::passthrough(body), None)
-        } else {
-            ReplayBody::capture(body, shared.replay_body_limit)
-        };
-        let plan = match source {
-            Some(source) => Plan::Replay(Head::copy(&parts), source),
+        let mut source = None;
+        let mut request = request.map(|body| {
+            if shared.refresh_on.is_empty() {
+                return ReplayBody::passthrough(body);
+            }
+            let (body, captured) = ReplayBody::capture(body, shared.replay_body_limit);
+            source = captured;
+            body
+        });
+        let plan = match source.and_then(|source| Some(Plan::Replay(Head::copy(&request)?, source)))
+        {
+            Some(plan) => plan,
             None => Plan::NoReplay,
         };
-        parts.headers.insert(header::AUTHORIZATION, header);
-        let future = service.call(Request::from_parts(parts, body));
+        request.headers_mut().insert(header::AUTHORIZATION, header);
+        let future = service.call(request);
         (State::First { future }, plan)
     }
 }
