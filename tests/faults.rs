@@ -368,6 +368,11 @@ async fn backoff_starts_at_1s_doubles_and_a_success_resets_it() {
         Duration::from_millis(500),
         Duration::from_secs(1) + SLACK,
     );
+    // The log holds the fifth fetch once it is sent; the fake counts it once it arrives.
+    let sent = StdInstant::now();
+    while fake.token_fetches() < 5 && sent.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(fake.token_fetches(), 5);
     assert_eq!(layer.stats().fetch_failures, 3);
     assert_eq!(fake.requests_without_token(), 0);
