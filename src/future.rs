@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use crate::error::BoxError;
 use crate::head::Head;
-use crate::layer::{Core, Shared, Stripe};
+use crate::layer::{Core, Shared, Statuses};
 use crate::replay::{ReplayBody, Source};
 use crate::stats::Counters;
 use crate::token::Token;
@@ -31,7 +31,10 @@ pin_project! {
         #[pin]
         state: State<S::Future, B>,
         service: S,
-        shared: Arc<Stripe>,
+        // The layer by id, not by reference count: a request that is not rejected writes
+        // no counter the layer's other requests share. Its core is looked up on rejection.
+        layer: u64,
+        refresh_on: Statuses,
         plan: Plan,
         // The token the request was sent with.
         generation: u64,
@@ -47,6 +50,7 @@ pin_project! {
         Token {
             token: BoxFuture<Outcome>,
             request: Option<Box<Request<B>>>,
+            core: Arc<Core>,
         },
         // The first send.
         First {
@@ -57,15 +61,18 @@ pin_project! {
         Refresh {
             token: BoxFuture<Outcome>,
             request: Option<Box<Request<ReplayBody<B>>>>,
+            core: Arc<Core>,
         },
         // Waiting for the inner service to be ready for the replay.
         Ready {
             request: Option<Box<Request<ReplayBody<B>>>>,
+            core: Arc<Core>,
         },
         // The replay.
         Second {
             #[pin]
             future: F,
+            core: Arc<Core>,
         },
     }
 }
@@ -87,19 +94,20 @@ where
 {
     #[inline]
     pub(crate) fn new(mut service: S, shared: &Shared, request: Request<B>) -> Self {
-        let shared = shared.stripe();
-        if !shared.origin.matches(request.uri()) {
+        let core: &Core = shared;
+        if !core.origin.matches(request.uri()) {
             let future = service.call(request.map(ReplayBody::passthrough));
-            return Self::with(State::First { future }, service, shared, Plan::Passthrough);
+            return Self::with(State::First { future }, service, core, Plan::Passthrough);
         }
-        let wall = shared.cache.clock().now();
-        match crate::local::token(shared.id, shared.cache.slot(), wall) {
+        let wall = core.cache.clock().now();
+        match crate::local::token(core.id, core.cache.slot(), wall) {
             Some(sending) => {
-                let (state, plan) = Self::send(&mut service, &shared, request, sending.header);
+                let (state, plan) = Self::send(&mut service, core, request, sending.header);
                 Self {
                     state,
                     service,
-                    shared,
+                    layer: core.id,
+                    refresh_on: core.refresh_on,
                     plan,
                     generation: sending.generation,
                     unproven: sending.unproven,
@@ -107,22 +115,23 @@ where
             }
             None => {
                 tracing::trace!("no usable token: waiting for one");
-                Counters::bump(&shared.cache.counters.token_waits);
-                let token = shared.cache.token();
+                Counters::bump(&core.cache.counters.token_waits);
                 let state = State::Token {
-                    token,
+                    token: core.cache.token(),
                     request: Some(Box::new(request)),
+                    core: Arc::clone(&shared.core),
                 };
-                Self::with(state, service, shared, Plan::NoReplay)
+                Self::with(state, service, core, Plan::NoReplay)
             }
         }
     }
 
-    fn with(state: State<S::Future, B>, service: S, shared: Arc<Stripe>, plan: Plan) -> Self {
+    fn with(state: State<S::Future, B>, service: S, core: &Core, plan: Plan) -> Self {
         Self {
             state,
             service,
-            shared,
+            layer: core.id,
+            refresh_on: core.refresh_on,
             plan,
             generation: 0,
             unproven: false,
@@ -136,16 +145,16 @@ where
     #[inline]
     fn send(
         service: &mut S,
-        shared: &Core,
+        core: &Core,
         request: Request<B>,
         header: http::HeaderValue,
     ) -> (State<S::Future, B>, Plan) {
         let mut source = None;
         let mut request = request.map(|body| {
-            if shared.refresh_on.is_empty() {
+            if core.refresh_on.is_empty() {
                 return ReplayBody::passthrough(body);
             }
-            let (body, captured) = ReplayBody::capture(body, shared.replay_body_limit);
+            let (body, captured) = ReplayBody::capture(body, core.replay_body_limit);
             source = captured;
             body
         });
@@ -172,11 +181,15 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Token { token, request } => {
+                StateProj::Token {
+                    token,
+                    request,
+                    core,
+                } => {
                     let token = ready!(token.as_mut().poll(cx))?;
                     let request = *take(request);
                     let (state, plan) =
-                        Self::send(this.service, this.shared, request, token.header.clone());
+                        Self::send(this.service, core, request, token.header.clone());
                     *this.plan = plan;
                     *this.generation = token.generation;
                     *this.unproven = token.unproven_forced();
@@ -187,28 +200,32 @@ where
                     if matches!(this.plan, Plan::Passthrough) {
                         return Poll::Ready(Ok(response));
                     }
-                    if !this.shared.rejects(response.status()) {
-                        accepted(this.shared, *this.generation, *this.unproven);
+                    if !this.refresh_on.contains(response.status()) {
+                        if *this.unproven {
+                            if let Some(core) = crate::layer::core(*this.layer) {
+                                accepted(&core, *this.generation);
+                            }
+                        }
                         return Poll::Ready(Ok(response));
                     }
+                    let Some(core) = crate::layer::core(*this.layer) else {
+                        tracing::debug!(
+                            status = response.status().as_u16(),
+                            "request rejected after the last handle to the layer was dropped: \
+                             not replayed"
+                        );
+                        return Poll::Ready(Ok(response));
+                    };
                     let (head, source) = match std::mem::replace(this.plan, Plan::NoReplay) {
                         Plan::Passthrough => return Poll::Ready(Ok(response)),
                         Plan::NoReplay => {
-                            skipped(
-                                this.shared,
-                                *this.generation,
-                                "the body is over the replay limit",
-                            );
+                            skipped(&core, *this.generation, "the body is over the replay limit");
                             return Poll::Ready(Ok(response));
                         }
                         Plan::Replay(head, source) => (head, source),
                     };
                     let Some(body) = source.replay() else {
-                        skipped(
-                            this.shared,
-                            *this.generation,
-                            "the body was not captured whole",
-                        );
+                        skipped(&core, *this.generation, "the body was not captured whole");
                         return Poll::Ready(Ok(response));
                     };
                     tracing::debug!(
@@ -217,13 +234,18 @@ where
                         "request rejected: refreshing the token to replay it"
                     );
                     drop(response);
-                    let token = this.shared.cache.after_rejection(*this.generation);
+                    let token = core.cache.after_rejection(*this.generation);
                     this.state.set(State::Refresh {
                         token,
                         request: Some(Box::new(head.into_request(body))),
+                        core,
                     });
                 }
-                StateProj::Refresh { token, request } => {
+                StateProj::Refresh {
+                    token,
+                    request,
+                    core,
+                } => {
                     let token = ready!(token.as_mut().poll(cx))?;
                     let mut request = take(request);
                     request
@@ -231,27 +253,30 @@ where
                         .insert(header::AUTHORIZATION, token.header.clone());
                     *this.generation = token.generation;
                     *this.unproven = token.unproven_forced();
+                    let core = Arc::clone(core);
                     this.state.set(State::Ready {
                         request: Some(request),
+                        core,
                     });
                 }
-                StateProj::Ready { request } => {
+                StateProj::Ready { request, core } => {
                     ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
-                    Counters::bump(&this.shared.cache.counters.replays);
+                    Counters::bump(&core.cache.counters.replays);
                     tracing::debug!(generation = *this.generation, "replaying the request");
                     let future = this.service.call(*take(request));
-                    this.state.set(State::Second { future });
+                    let core = Arc::clone(core);
+                    this.state.set(State::Second { future, core });
                 }
-                StateProj::Second { future } => {
+                StateProj::Second { future, core } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if this.shared.rejects(response.status()) {
-                        Counters::bump(&this.shared.cache.counters.rejected_after_replay);
+                    if this.refresh_on.contains(response.status()) {
+                        Counters::bump(&core.cache.counters.rejected_after_replay);
                         tracing::debug!(
                             status = response.status().as_u16(),
                             "replay rejected too: returning the rejection"
                         );
-                    } else {
-                        accepted(this.shared, *this.generation, *this.unproven);
+                    } else if *this.unproven {
+                        accepted(core, *this.generation);
                     }
                     return Poll::Ready(Ok(response));
                 }
@@ -268,24 +293,23 @@ fn take<T>(slot: &mut Option<T>) -> T {
     }
 }
 
-/// The API accepted the token: a forced one is proven, so the forced-refresh floor resets.
-fn accepted(shared: &Core, generation: u64, unproven: bool) {
-    if unproven {
-        if let Some(token) = shared.cache.slot().load_full() {
-            if token.generation == generation {
-                token.mark_accepted();
-            }
+/// The API accepted a token fetched after a rejection: it is proven, so the forced-refresh
+/// floor resets.
+fn accepted(core: &Core, generation: u64) {
+    if let Some(token) = core.cache.slot().load_full() {
+        if token.generation == generation {
+            token.mark_accepted();
         }
     }
 }
 
 /// A rejection returned as is. The token is still refreshed (under the same rules as for a
 /// replay) so that the next request goes out with a good one.
-fn skipped(shared: &Core, generation: u64, why: &'static str) {
-    Counters::bump(&shared.cache.counters.replays_skipped);
+fn skipped(core: &Core, generation: u64, why: &'static str) {
+    Counters::bump(&core.cache.counters.replays_skipped);
     tracing::debug!(why, "request rejected: not replayed");
     // The fetch runs in its own task; nobody needs to wait for it here.
-    drop(shared.cache.after_rejection(generation));
+    drop(core.cache.after_rejection(generation));
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>

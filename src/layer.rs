@@ -1,10 +1,11 @@
 //! [`LengowAuthLayer`] and its builder: the settings, their defaults, and the shared token
 //! cache every service the layer wraps draws from.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,39 +73,36 @@ pub struct LengowAuthLayer {
 /// What the layer and its services hold. Its drop (the last handle's) stops the refresher.
 pub(crate) struct Shared {
     pub(crate) core: Arc<Core>,
-    /// Response futures hold the core through the stripe of their thread, so that threads do
-    /// not share one reference count.
-    stripes: Box<[Arc<Stripe>]>,
 }
-
-/// Stripes per layer; threads take them round robin.
-const STRIPES: usize = 8;
 
 /// The token cache and the settings requests need.
 pub(crate) struct Core {
     pub(crate) cache: Arc<Cache>,
     pub(crate) origin: Origin,
-    pub(crate) refresh_on: Vec<StatusCode>,
+    pub(crate) refresh_on: Statuses,
     pub(crate) replay_body_limit: usize,
-    /// Tells this layer's tokens apart from another layer's in per-thread copies.
+    /// Names the layer in per-thread token copies and in the registry.
     pub(crate) id: u64,
 }
 
-/// One reference to the core, on a cache line of its own.
-#[repr(align(128))]
-pub(crate) struct Stripe(Arc<Core>);
+/// Every live layer's core by id. A response future holds the id, not a reference count
+/// that every request would write; it looks the core up only on its rare paths (a
+/// rejection, a forced token's first acceptance).
+static REGISTRY: Mutex<BTreeMap<u64, Weak<Core>>> = Mutex::new(BTreeMap::new());
 
-impl std::ops::Deref for Stripe {
-    type Target = Core;
+fn registry() -> MutexGuard<'static, BTreeMap<u64, Weak<Core>>> {
+    // Every update is one insert or remove: a panic elsewhere leaves the map whole.
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
-    #[inline]
-    fn deref(&self) -> &Core {
-        &self.0
-    }
+/// The core of layer `id`, while a handle to the layer is alive.
+pub(crate) fn core(id: u64) -> Option<Arc<Core>> {
+    registry().get(&id).and_then(Weak::upgrade)
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        registry().remove(&self.core.id);
         self.core.cache.shutdown();
     }
 }
@@ -112,16 +110,8 @@ impl Drop for Shared {
 impl Shared {
     fn new(core: Core) -> Self {
         let core = Arc::new(core);
-        let stripes = (0..STRIPES)
-            .map(|_| Arc::new(Stripe(Arc::clone(&core))))
-            .collect();
-        Self { core, stripes }
-    }
-
-    /// The core, through this thread's stripe.
-    #[inline]
-    pub(crate) fn stripe(&self) -> Arc<Stripe> {
-        Arc::clone(&self.stripes[crate::local::stripe() % STRIPES])
+        registry().insert(core.id, Arc::downgrade(&core));
+        Self { core }
     }
 }
 
@@ -134,10 +124,39 @@ impl std::ops::Deref for Shared {
     }
 }
 
-impl Core {
+/// A set of error statuses (400 to 599), one bit each: what a response future keeps of
+/// `refresh_on`, by value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Statuses([u64; 4]);
+
+impl Statuses {
+    const FIRST: u16 = 400;
+    const LAST: u16 = 599;
+
+    fn new(statuses: &[StatusCode]) -> Result<Self, Error> {
+        let mut set = Self::default();
+        for status in statuses {
+            let code = status.as_u16();
+            if !(Self::FIRST..=Self::LAST).contains(&code) {
+                return Err(Error::config(format!(
+                    "refresh_on takes error statuses (400 to 599), not {code}"
+                )));
+            }
+            let bit = usize::from(code - Self::FIRST);
+            set.0[bit / 64] |= 1 << (bit % 64);
+        }
+        Ok(set)
+    }
+
     #[inline]
-    pub(crate) fn rejects(&self, status: StatusCode) -> bool {
-        self.refresh_on.contains(&status)
+    pub(crate) fn contains(&self, status: StatusCode) -> bool {
+        let bit = usize::from(status.as_u16().wrapping_sub(Self::FIRST));
+        bit <= usize::from(Self::LAST - Self::FIRST) && self.0[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == Self::default()
     }
 }
 
@@ -349,7 +368,8 @@ impl LengowAuthBuilder {
     }
 
     /// The API statuses that mean "token rejected": refresh once and replay (default 401
-    /// and 403, as Lengow's connectors do).
+    /// and 403, as Lengow's connectors do). Error statuses only (400 to 599): `build` refuses
+    /// any other; an empty set turns replays off.
     pub fn refresh_on(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.refresh_on = statuses.into_iter().collect();
         self
@@ -398,6 +418,7 @@ impl LengowAuthBuilder {
                 "the access token and the secret must not be empty",
             ));
         }
+        let refresh_on = Statuses::new(&self.refresh_on)?;
         let endpoint = token_endpoint(&self.api_url)?;
         let fetcher = Fetcher::new(token_client, endpoint, self.credentials, self.fetch_timeout);
         let cache = Cache::new(
@@ -416,7 +437,7 @@ impl LengowAuthBuilder {
             shared: Arc::new(Shared::new(Core {
                 cache: Arc::new(cache),
                 origin,
-                refresh_on: self.refresh_on,
+                refresh_on,
                 replay_body_limit: self.replay_body_limit,
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             })),
@@ -455,6 +476,32 @@ impl fmt::Debug for LengowAuthBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statuses_hold_error_statuses_only() {
+        let set = Statuses::new(&[StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN]).unwrap();
+        assert!(set.contains(StatusCode::UNAUTHORIZED) && set.contains(StatusCode::FORBIDDEN));
+        for other in [200, 399, 400, 402, 404, 500, 599, 600, 999] {
+            assert!(
+                !set.contains(StatusCode::from_u16(other).unwrap()),
+                "{other}"
+            );
+        }
+        let edges = [400, 463, 464, 527, 528, 599].map(|c| StatusCode::from_u16(c).unwrap());
+        let set = Statuses::new(&edges).unwrap();
+        for code in 100..1000 {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(set.contains(status), edges.contains(&status), "{code}");
+        }
+        assert!(Statuses::new(&[]).unwrap().is_empty() && !set.is_empty());
+        for refused in [200, 302, 399, 600] {
+            let e = Statuses::new(&[StatusCode::from_u16(refused).unwrap()]).unwrap_err();
+            assert!(
+                e.is_config() && e.to_string().contains(&refused.to_string()),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn origin_matching() {

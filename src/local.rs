@@ -1,17 +1,13 @@
 //! Per-thread state of the hot path, so that requests on different threads write to no shared
-//! cache line: the stripe a thread holds the layer through, and its own copy of the token.
+//! cache line: each thread's own copy of the token and of its header.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use http::HeaderValue;
 
 use crate::token::{Token, TokenSlot};
-
-/// Hands each thread the next stripe index, round robin.
-static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
 /// This thread's copy of a layer's current token and of its header.
 struct LocalToken {
@@ -24,21 +20,7 @@ struct LocalToken {
 const SLOTS: usize = 4;
 
 thread_local! {
-    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
     static TOKENS: RefCell<[Option<LocalToken>; SLOTS]> = const { RefCell::new([None, None, None, None]) };
-}
-
-/// This thread's stripe index (the same for the thread's life).
-#[inline]
-pub(crate) fn stripe() -> usize {
-    STRIPE.with(|stripe| {
-        let mut index = stripe.get();
-        if index == usize::MAX {
-            index = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed);
-            stripe.set(index);
-        }
-        index
-    })
 }
 
 /// What a request is sent with.

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use http::StatusCode;
+use http::{Request, StatusCode};
 use http_body_util::Full;
 use lengow_auth::testing::FakeLengow;
+use tower::ServiceExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_burst_costs_one_fetch() {
@@ -194,6 +195,28 @@ async fn dropping_every_handle_stops_fetching() {
     let at_drop = fake.token_fetches();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(fake.token_fetches(), at_drop);
+}
+
+/// A future does not keep the layer alive: once the last handle is gone, a rejection is
+/// returned as it is, and nothing asks for a token.
+#[tokio::test]
+async fn a_rejection_after_the_last_handle_is_dropped_is_returned_as_is() {
+    let fake = FakeLengow::start().await;
+    let layer = builder(&fake).build(token_client()).unwrap();
+    let client = client::<Full<Bytes>>(&layer);
+    send(&client, get(&fake, "/v3.0/orders")).await.unwrap();
+    fake.revoke_all_tokens();
+    drop(layer);
+    // `oneshot` drops the service (the last handle) once it has made the call.
+    let request = Request::get(url(&fake, "/v3.0/orders"))
+        .header("x-request-id", "orphan")
+        .body(Full::default())
+        .unwrap();
+    let response = client.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(fake.attempts("orphan"), 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(fake.token_fetches(), 1);
 }
 
 #[tokio::test]
