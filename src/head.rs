@@ -15,8 +15,8 @@ use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version, h
 pub(crate) struct Head {
     version: Version,
     extensions: Extensions,
-    /// The lengths of the method, scheme, authority and path (2 bytes each), then their
-    /// bytes. Then for each header but `Authorization`: the name's length (2 bytes), the
+    /// The method's code and the scheme's (1 byte each), the lengths of the spelled-out
+    /// method, spelled-out scheme, authority and path (2 bytes each), then their bytes. Then for each header but `Authorization`: the name's length (2 bytes), the
     /// value's length (4 bytes), whether the value is sensitive (1 byte), the name, the value.
     /// Taken from this thread's pool, and given back to it when the head is dropped unused.
     bytes: Vec<u8>,
@@ -27,6 +27,23 @@ pub(crate) struct Head {
 const POOL_BUFFERS: usize = 16;
 /// A larger buffer is freed rather than kept.
 const POOL_MAX_CAPACITY: usize = 4096;
+/// The methods a head stores as one byte.
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+const SCHEME_NONE: u8 = 0;
+const SCHEME_HTTPS: u8 = 1;
+const SCHEME_HTTP: u8 = 2;
+const SCHEME_OTHER: u8 = 3;
+
 /// What a new buffer starts with: a typical Lengow request head fits.
 const INITIAL_CAPACITY: usize = 512;
 
@@ -64,13 +81,27 @@ impl Head {
     /// Copies the head of a request, leaving out its `Authorization`; `None` for a method
     /// of 64 KiB or more (a URI and a header name are always shorter).
     ///
-    /// Lengths go first, in one write, then the bytes: a GET with three headers is eleven
-    /// writes into a buffer that is already large enough.
+    /// A standard method and an http or https scheme are one byte each; codes and lengths
+    /// go first, in one write, then the bytes: a GET to an absolute URI with three headers is
+    /// nine writes into a buffer that is already large enough.
     pub(crate) fn copy<B>(request: &Request<B>) -> Option<Self> {
         let uri = request.uri();
+        let method = request.method();
+        let method_code = METHODS.iter().position(|known| known == method);
+        let (scheme_code, scheme) = match uri.scheme() {
+            None => (SCHEME_NONE, ""),
+            Some(scheme) if *scheme == Scheme::HTTPS => (SCHEME_HTTPS, ""),
+            Some(scheme) if *scheme == Scheme::HTTP => (SCHEME_HTTP, ""),
+            Some(scheme) => (SCHEME_OTHER, scheme.as_str()),
+        };
         let pieces = [
-            request.method().as_str().as_bytes(),
-            uri.scheme_str().unwrap_or("").as_bytes(),
+            if method_code.is_some() {
+                ""
+            } else {
+                method.as_str()
+            }
+            .as_bytes(),
+            scheme.as_bytes(),
             uri.authority().map_or("", Authority::as_str).as_bytes(),
             uri.path_and_query()
                 .map_or("", PathAndQuery::as_str)
@@ -83,13 +114,18 @@ impl Head {
             return None;
         }
         let mut bytes = pooled();
-        let mut lengths = [0; 8];
-        for (length, piece) in lengths.chunks_exact_mut(2).zip(pieces) {
+        let mut prefix = [0; 10];
+        // 0 for a method spelled out, else its place in METHODS plus one (under 10).
+        prefix[0] = method_code.map_or(0, |i| i as u8 + 1);
+        prefix[1] = scheme_code;
+        for (length, piece) in prefix[2..].chunks_exact_mut(2).zip(pieces) {
             length.copy_from_slice(&(piece.len() as u16).to_le_bytes());
         }
-        bytes.extend_from_slice(&lengths);
+        bytes.extend_from_slice(&prefix);
         for piece in pieces {
-            bytes.extend_from_slice(piece);
+            if !piece.is_empty() {
+                bytes.extend_from_slice(piece);
+            }
         }
         for (name, value) in request.headers() {
             if name == header::AUTHORIZATION {
@@ -120,14 +156,21 @@ impl Head {
     /// The request again, with `body`; its parts share one buffer.
     pub(crate) fn into_request<B>(mut self, body: B) -> Request<B> {
         let mut rest = Bytes::from(std::mem::take(&mut self.bytes));
+        let (method_code, scheme_code) = (rest.get_u8(), rest.get_u8());
         let lengths = [(); 4].map(|()| usize::from(rest.get_u16_le()));
         let [method, scheme, authority, path] = lengths.map(|len| rest.split_to(len));
         // Every piece came from a valid method, URI and header, so each parses again.
-        let method = Method::from_bytes(&method).unwrap_or_default();
+        let method = match usize::from(method_code).checked_sub(1) {
+            Some(i) => METHODS.get(i).cloned().unwrap_or_default(),
+            None => Method::from_bytes(&method).unwrap_or_default(),
+        };
         let mut uri = http::uri::Parts::default();
-        uri.scheme = (!scheme.is_empty())
-            .then(|| Scheme::try_from(&scheme[..]).ok())
-            .flatten();
+        uri.scheme = match scheme_code {
+            SCHEME_HTTPS => Some(Scheme::HTTPS),
+            SCHEME_HTTP => Some(Scheme::HTTP),
+            SCHEME_OTHER => Scheme::try_from(&scheme[..]).ok(),
+            _ => None,
+        };
         uri.authority = (!authority.is_empty())
             .then(|| Authority::from_maybe_shared(authority).ok())
             .flatten();
@@ -227,5 +270,32 @@ mod tests {
             .unwrap();
         let copy = Head::copy(&request).unwrap().into_request(());
         assert_eq!(copy.method().as_str().len(), usize::from(u16::MAX));
+    }
+
+    #[test]
+    fn every_method_and_scheme_comes_back() {
+        let purge = Method::from_bytes(b"PURGE").unwrap();
+        let methods = METHODS.iter().chain([&purge]);
+        for (method, uri) in methods.zip(
+            [
+                "https://api.lengow.io/v3.0/orders",
+                "http://127.0.0.1:8080/v3.0/orders?a=1",
+                "ws://127.0.0.1/socket",
+                "/v3.0/orders",
+                "https://api.lengow.io",
+            ]
+            .into_iter()
+            .cycle(),
+        ) {
+            let request = Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .body(())
+                .unwrap();
+            let (original, copy) = round_trip(request);
+            assert_eq!(copy.method(), method);
+            assert_eq!(copy.uri(), original.uri(), "{method} {uri}");
+            assert_eq!(copy.uri().scheme_str(), original.uri().scheme_str());
+        }
     }
 }
