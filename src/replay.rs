@@ -1,6 +1,7 @@
 //! [`ReplayBody`]: the body the inner service is handed, captured as it streams so that a
 //! rejected request can be sent again byte for byte (trailers too), up to a limit.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -27,7 +28,55 @@ pub(crate) enum Source {
     /// The body was empty: the replay is empty too.
     Empty,
     /// Filled once the first body has streamed to its end within the limit.
-    Capture(Arc<OnceLock<Captured>>),
+    Capture(Cell),
+}
+
+/// The cell a captured body is published in, shared by the body and the response future.
+/// Most requests are not replayed, so the cell goes back to its thread's pool when the future
+/// is done with it and the body has gone: the next request takes it instead of allocating.
+pub(crate) struct Cell(Option<Arc<OnceLock<Captured>>>);
+
+/// Cells a thread keeps: as many as it has captured requests in flight, up to this.
+const POOL_CELLS: usize = 16;
+
+thread_local! {
+    static CELLS: RefCell<Vec<Arc<OnceLock<Captured>>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Cell {
+    /// An empty cell, from this thread's pool when it has one.
+    fn new() -> Self {
+        let pooled = CELLS
+            .try_with(|cells| cells.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten();
+        Self(Some(pooled.unwrap_or_default()))
+    }
+
+    fn get(&self) -> Option<&Captured> {
+        self.0.as_ref()?.get()
+    }
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        let Some(mut cell) = self.0.take() else {
+            return;
+        };
+        // Still held by a body somewhere: it is freed with the last handle.
+        let Some(captured) = Arc::get_mut(&mut cell) else {
+            return;
+        };
+        // The kept chunks go now; the empty cell waits for the next request.
+        drop(captured.take());
+        let _ = CELLS.try_with(|cells| {
+            if let Ok(mut cells) = cells.try_borrow_mut() {
+                if cells.len() < POOL_CELLS {
+                    cells.push(cell);
+                }
+            }
+        });
+    }
 }
 
 impl Source {
@@ -102,13 +151,13 @@ impl<B: Body> ReplayBody<B> {
         if body.size_hint().lower() > limit as u64 {
             return (Self::passthrough(body), None);
         }
-        let cell = Arc::new(OnceLock::new());
+        let cell = Cell::new();
         let state = State::Live {
             body,
             kept: Some(Captured::default()),
             len: 0,
             limit,
-            done: Some(Arc::clone(&cell)),
+            done: cell.0.clone(),
         };
         (Self { state }, Some(Source::Capture(cell)))
     }
@@ -377,5 +426,39 @@ mod tests {
         assert!(first.is_end_stream());
         let replay = source.unwrap().replay::<http_body_util::Empty<Bytes>>();
         assert!(replay.is_some_and(|r| r.is_end_stream()));
+    }
+
+    fn cell_of(source: &Option<Source>) -> *const OnceLock<Captured> {
+        match source {
+            Some(Source::Capture(cell)) => Arc::as_ptr(cell.0.as_ref().unwrap()),
+            _ => panic!("a body within the limit is captured"),
+        }
+    }
+
+    fn replayed(source: &Option<Source>) -> Option<Vec<u8>> {
+        let body = source.as_ref()?.replay::<http_body_util::Full<Bytes>>()?;
+        Some(drain(body).0)
+    }
+
+    #[test]
+    fn a_cell_is_reused_empty_and_only_once_its_body_is_gone() {
+        let full = |s: &'static str| http_body_util::Full::new(Bytes::from_static(s.as_bytes()));
+        let (body, first) = ReplayBody::capture(full("first"), 64);
+        let cell = cell_of(&first);
+        drain(body);
+        assert_eq!(replayed(&first).as_deref(), Some(&b"first"[..]));
+        drop(first);
+
+        // The same cell, empty: nothing to replay until this body has ended.
+        let (body, second) = ReplayBody::capture(full("second"), 64);
+        assert_eq!(cell_of(&second), cell);
+        assert_eq!(replayed(&second), None);
+        // Dropped while its body still streams: the cell stays with the body.
+        drop(second);
+        let (third_body, third) = ReplayBody::capture(full("third"), 64);
+        assert_ne!(cell_of(&third), cell);
+        drain(body);
+        drain(third_body);
+        assert_eq!(replayed(&third).as_deref(), Some(&b"third"[..]));
     }
 }

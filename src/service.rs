@@ -21,6 +21,10 @@ use crate::replay::ReplayBody;
 /// a request to any other origin passes through untouched. A response whose status is in
 /// `refresh_on` is answered by one refresh and one replay. Errors are `tower::BoxError`s holding
 /// the inner service's error or a [`lengow_auth::Error`](crate::Error).
+///
+/// Its response futures do not keep the layer alive: a rejection that arrives after the last
+/// layer and service handle was dropped (as `oneshot` on the only handle does) is returned
+/// as it is, not replayed.
 pub struct LengowAuth<S> {
     inner: S,
     shared: Arc<Shared>,
