@@ -16,8 +16,9 @@ pub(crate) struct Head {
     version: Version,
     extensions: Extensions,
     /// The method's code and the scheme's (1 byte each), the lengths of the spelled-out
-    /// method, spelled-out scheme, authority and path (2 bytes each), then their bytes. Then for each header but `Authorization`: the name's length (2 bytes), the
-    /// value's length (4 bytes), whether the value is sensitive (1 byte), the name, the value.
+    /// method, spelled-out scheme, authority and path (2 bytes each), then their bytes.
+    /// Then for each header but `Authorization`: the name's length (2 bytes), the value's
+    /// length (4 bytes), whether the value is sensitive (1 byte), the name, the value.
     /// Taken from this thread's pool, and given back to it when the head is dropped unused.
     bytes: Vec<u8>,
 }
@@ -39,6 +40,7 @@ const METHODS: [Method; 9] = [
     Method::CONNECT,
     Method::TRACE,
 ];
+/// The scheme's code: none (a path-only URI), https, http, or another, spelled out.
 const SCHEME_NONE: u8 = 0;
 const SCHEME_HTTPS: u8 = 1;
 const SCHEME_HTTP: u8 = 2;
