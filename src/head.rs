@@ -300,4 +300,32 @@ mod tests {
             assert_eq!(copy.uri().scheme_str(), original.uri().scheme_str());
         }
     }
+
+    #[test]
+    fn a_buffer_grows_for_a_large_head_and_a_reused_one_holds_only_the_new_head() {
+        let mut large = Request::post("https://api.lengow.io/v3.0/orders/actions/");
+        for i in 0..100 {
+            large = large.header(format!("x-large-{i}"), "v".repeat(20));
+        }
+        let large = large.body(()).unwrap();
+        let (original, copy) = round_trip(large.clone());
+        assert_eq!(copy.headers(), original.headers());
+        // A head dropped unused gives its grown buffer (about 3 KiB) back to this thread's
+        // pool; a small head written over it comes back alone.
+        POOL.with(|pool| pool.borrow_mut().clear());
+        drop(Head::copy(&large));
+        assert!(POOL.with(|pool| {
+            pool.borrow()
+                .iter()
+                .any(|b| b.capacity() > INITIAL_CAPACITY)
+        }));
+        let (original, copy) = round_trip(
+            Request::get("/v3.0/orders")
+                .header(header::ACCEPT, "application/json")
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(copy.headers(), original.headers());
+        assert_eq!(copy.uri(), original.uri());
+    }
 }
