@@ -212,21 +212,18 @@ impl Origin {
         let Some(authority) = uri.authority() else {
             return true;
         };
-        // The common spellings compare as text; anything else is parsed.
-        let authority = authority.as_str();
+        // The usual spellings compare as bytes; anything else (another case, a default port
+        // spelled out differently) is parsed.
+        let authority = authority.as_str().as_bytes();
         if self
             .spellings
             .iter()
-            .any(|s| s == authority || s.eq_ignore_ascii_case(authority))
+            .any(|s| same_bytes(s.as_bytes(), authority))
         {
-            return match uri.scheme() {
-                Some(s) => {
-                    *s == if self.https {
-                        Scheme::HTTPS
-                    } else {
-                        Scheme::HTTP
-                    }
-                }
+            return match uri.scheme_str() {
+                Some("https") => self.https,
+                Some("http") => !self.https,
+                Some(_) => false,
                 None => true,
             };
         }
@@ -247,6 +244,24 @@ impl Origin {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         https == self.https && port == self.port && host.eq_ignore_ascii_case(&self.host)
     }
+}
+
+/// Byte equality, with an authority's usual 8 to 16 bytes compared as two words.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if !(8..=16).contains(&n) {
+        return a == b;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8)
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -520,6 +535,40 @@ mod tests {
             "https://api.lengow.io.evil.example/x",
         ] {
             assert!(!origin.matches(&no.parse().unwrap()), "{no}");
+        }
+        // Authorities of every length the byte comparison treats apart: under 8, 8 to 16
+        // (two words), over 16; a difference at each end and in the middle.
+        for (api, yes, no) in [
+            ("https://a.io", "https://a.io/x", "https://b.io/x"),
+            (
+                "https://api.lengow.io",
+                "https://api.lengow.io/",
+                "https://api.lenXow.io/",
+            ),
+            (
+                "http://127.0.0.1:1",
+                "http://127.0.0.1:1/",
+                "http://127.0.0.2:1/",
+            ),
+            (
+                "http://127.0.0.1:40123",
+                "http://127.0.0.1:40123/",
+                "http://127.0.0.1:40124/",
+            ),
+            (
+                "https://api.lengow.io:8443",
+                "https://api.lengow.io:8443/",
+                "https://xpi.lengow.io:8443/",
+            ),
+            (
+                "http://localhost:8080",
+                "http://LOCALHOST:8080/",
+                "http://localhost:8081/",
+            ),
+        ] {
+            let origin = Origin::parse(&api.parse().unwrap()).unwrap();
+            assert!(origin.matches(&yes.parse().unwrap()), "{api} {yes}");
+            assert!(!origin.matches(&no.parse().unwrap()), "{api} {no}");
         }
     }
 
