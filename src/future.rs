@@ -103,15 +103,10 @@ where
         match crate::local::token(core.id, core.cache.slot(), wall) {
             Some(sending) => {
                 let (state, plan) = Self::send(&mut service, core, request, sending.header);
-                Self {
-                    state,
-                    service,
-                    layer: core.id,
-                    refresh_on: core.refresh_on,
-                    plan,
-                    generation: sending.generation,
-                    unproven: sending.unproven,
-                }
+                let mut future = Self::with(state, service, core, plan);
+                future.generation = sending.generation;
+                future.unproven = sending.unproven;
+                future
             }
             None => {
                 tracing::trace!("no usable token: waiting for one");
@@ -126,6 +121,8 @@ where
         }
     }
 
+    /// The future in `state`; `generation` and `unproven` are set once a token is sent.
+    #[inline]
     fn with(state: State<S::Future, B>, service: S, core: &Core, plan: Plan) -> Self {
         Self {
             state,
