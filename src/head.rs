@@ -23,9 +23,6 @@ pub(crate) struct Head {
     bytes: Vec<u8>,
 }
 
-/// Buffers a thread keeps for heads; most requests are answered without a replay, so the
-/// same few buffers serve request after request without touching the allocator.
-const POOL_BUFFERS: usize = 16;
 /// A larger buffer is freed rather than kept.
 const POOL_MAX_CAPACITY: usize = 4096;
 /// The methods a head stores as one byte.
@@ -50,14 +47,14 @@ const SCHEME_OTHER: u8 = 3;
 const INITIAL_CAPACITY: usize = 512;
 
 thread_local! {
+    /// Heads take their buffer from this thread's pool: most requests are answered without a
+    /// replay, so the same few buffers serve request after request without touching the
+    /// allocator.
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 fn pooled() -> Vec<u8> {
-    POOL.try_with(|pool| pool.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Vec::with_capacity(INITIAL_CAPACITY))
+    crate::local::take(&POOL).unwrap_or_else(|| Vec::with_capacity(INITIAL_CAPACITY))
 }
 
 impl Drop for Head {
@@ -69,13 +66,7 @@ impl Drop for Head {
         // The bytes are overwritten by the next head; they may hold cookies, so the buffer
         // never leaves this crate.
         bytes.clear();
-        let _ = POOL.try_with(|pool| {
-            if let Ok(mut pool) = pool.try_borrow_mut() {
-                if pool.len() < POOL_BUFFERS {
-                    pool.push(bytes);
-                }
-            }
-        });
+        crate::local::give(&POOL, bytes);
     }
 }
 

@@ -1,8 +1,10 @@
 //! Per-thread state of the hot path, so that requests on different threads write to no shared
-//! cache line: each thread's own copy of the token and of its header.
+//! cache line: each thread's own copy of the token and of its header, and the pools the hot
+//! path reuses its buffers from instead of allocating.
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::thread::LocalKey;
 use std::time::SystemTime;
 
 use http::HeaderValue;
@@ -71,4 +73,31 @@ pub(crate) fn token(layer: u64, slot: &TokenSlot, wall: SystemTime) -> Option<Se
         })
         .ok()
         .flatten()
+}
+
+/// A per-thread pool of reusable values (declared with `thread_local!`).
+pub(crate) type Pool<T> = LocalKey<RefCell<Vec<T>>>;
+
+/// Values a pool keeps at most: as many as a thread has requests in flight, up to this.
+const POOL_SIZE: usize = 16;
+
+/// A value from this thread's `pool`, if it holds one.
+#[inline]
+pub(crate) fn take<T: 'static>(pool: &'static Pool<T>) -> Option<T> {
+    pool.try_with(|pool| pool.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+}
+
+/// Gives `value` back to this thread's `pool`; it is dropped when the pool is full (or gone,
+/// as the thread ends).
+#[inline]
+pub(crate) fn give<T: 'static>(pool: &'static Pool<T>, value: T) {
+    let _ = pool.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            if pool.len() < POOL_SIZE {
+                pool.push(value);
+            }
+        }
+    });
 }

@@ -36,20 +36,15 @@ pub(crate) enum Source {
 /// is done with it and the body has gone: the next request takes it instead of allocating.
 pub(crate) struct Cell(Option<Arc<OnceLock<Captured>>>);
 
-/// Cells a thread keeps: as many as it has captured requests in flight, up to this.
-const POOL_CELLS: usize = 16;
-
 thread_local! {
+    /// Empty cells, taken by the next captured request instead of allocating.
     static CELLS: RefCell<Vec<Arc<OnceLock<Captured>>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Cell {
     /// An empty cell, from this thread's pool when it has one.
     fn new() -> Self {
-        let pooled = CELLS
-            .try_with(|cells| cells.try_borrow_mut().ok()?.pop())
-            .ok()
-            .flatten();
+        let pooled = crate::local::take(&CELLS);
         Self(Some(pooled.unwrap_or_default()))
     }
 
@@ -69,13 +64,7 @@ impl Drop for Cell {
         };
         // The kept chunks go now; the empty cell waits for the next request.
         drop(captured.take());
-        let _ = CELLS.try_with(|cells| {
-            if let Ok(mut cells) = cells.try_borrow_mut() {
-                if cells.len() < POOL_CELLS {
-                    cells.push(cell);
-                }
-            }
-        });
+        crate::local::give(&CELLS, cell);
     }
 }
 
