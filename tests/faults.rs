@@ -1089,25 +1089,62 @@ async fn connection_reset_mid_body() {
 // Refresh under failure (§3, §6, §9)
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_failed_refresh_keeps_the_token_then_serves_the_error_fast_after_expiry() {
-    // Refresh 0.8–1 s in; the layer stops using the token 2.85 s in (5% margin).
-    let lifetime = Duration::from_secs(3);
+/// A layer holding its first token, whose next `failures` fetches (its background refreshes)
+/// will be answered `status`.
+struct Refreshing {
+    fake: FakeLengow,
+    layer: LengowAuthLayer,
+    client: Authed<Full<Bytes>>,
+    log: FetchLog,
+    /// When the first fetch was sent.
+    t0: tokio::time::Instant,
+}
+
+async fn holding_a_token(
+    lifetime: Duration,
+    refresh_ahead: Duration,
+    failures: usize,
+    status: StatusCode,
+) -> Refreshing {
     let fake = FakeLengow::builder().token_lifetime(lifetime).start().await;
     let (token_client, log) = recording_token_client();
     let layer = builder(&fake)
         .token_lifetime(lifetime)
-        .refresh_ahead(Duration::from_secs(2))
+        .refresh_ahead(refresh_ahead)
         .build(token_client)
         .unwrap();
     let client = client::<Full<Bytes>>(&layer);
-
     let (sent, _) = timed(&client, &fake).await;
     assert_eq!(status_of(&sent), StatusCode::OK);
     let t0 = log.times()[0];
-    for _ in 0..20 {
-        fake.push_token_failure(TokenFailure::status(StatusCode::INTERNAL_SERVER_ERROR));
+    for _ in 0..failures {
+        fake.push_token_failure(TokenFailure::status(status));
     }
+    Refreshing {
+        fake,
+        layer,
+        client,
+        log,
+        t0,
+    }
+}
+
+#[tokio::test]
+async fn a_failed_refresh_keeps_the_token_then_serves_the_error_fast_after_expiry() {
+    // Refresh 0.8–1 s in; the layer stops using the token 2.85 s in (5% margin).
+    let Refreshing {
+        fake,
+        layer,
+        client,
+        log,
+        t0,
+    } = holding_a_token(
+        Duration::from_secs(3),
+        Duration::from_secs(2),
+        20,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+    .await;
 
     // Until its expiry, every request succeeds with the token it has and never waits for the
     // failing refresh, which is retried with backoff meanwhile (only the refresher can: no
@@ -1177,22 +1214,19 @@ async fn a_failed_refresh_keeps_the_token_then_serves_the_error_fast_after_expir
 async fn three_503s_at_refresh_time_fail_no_request() {
     // Long enough a life for the refresh to fail three times and still succeed before expiry
     // (0.2–1 s, then waits of at most 1, 2 and 4 s: at most 8 s of the 8.55 s usable).
-    let lifetime = Duration::from_secs(9);
-    let fake = FakeLengow::builder().token_lifetime(lifetime).start().await;
-    let (token_client, log) = recording_token_client();
-    let layer = builder(&fake)
-        .token_lifetime(lifetime)
-        .refresh_ahead(Duration::from_secs(8))
-        .build(token_client)
-        .unwrap();
-    let client = client::<Full<Bytes>>(&layer);
-
-    let (sent, _) = timed(&client, &fake).await;
-    assert_eq!(status_of(&sent), StatusCode::OK);
-    let t0 = log.times()[0];
-    for _ in 0..3 {
-        fake.push_token_failure(TokenFailure::status(StatusCode::SERVICE_UNAVAILABLE));
-    }
+    let Refreshing {
+        fake,
+        layer,
+        client,
+        log,
+        t0,
+    } = holding_a_token(
+        Duration::from_secs(9),
+        Duration::from_secs(8),
+        3,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
     let mut sent = 1;
     loop {
         let (outcome, took) = timed(&client, &fake).await;
