@@ -7,6 +7,10 @@
 //! the two stacks in short rounds, so that a change in background load hits both alike, and
 //! prints the throughput ratio. See BENCHMARKS.md.
 
+#[path = "support/machine.rs"]
+mod machine;
+
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,6 +26,10 @@ use lengow_auth::testing::FakeLengow;
 use tokio::runtime::Runtime;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_http::set_header::SetRequestHeaderLayer;
+
+use machine::{
+    LoadStart, background_load, handoff_side, load_start, ns_per_handoff, print_background_load,
+};
 
 /// Requests in flight at once.
 const IN_FLIGHT: u64 = 16;
@@ -104,48 +112,17 @@ async fn fetch_token(fake: &FakeLengow) -> HeaderValue {
     value
 }
 
-/// CPU ticks the whole machine spent busy, and those this process spent (Linux only).
-fn cpu_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy = fields.iter().take(8).sum::<u64>() - fields.get(3)? - fields.get(4)?;
-    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // After the command name (which may hold spaces) comes field 3; utime and stime are 14, 15.
-    let after_name = &own[own.rfind(')')? + 2..];
-    let own: Vec<&str> = after_name.split_whitespace().collect();
-    let utime: u64 = own.get(11)?.parse().ok()?;
-    let stime: u64 = own.get(12)?.parse().ok()?;
-    Some((busy, utime + stime))
-}
-
 /// Nanoseconds for one hand-off of a cache line between two threads (an atomic passed back
 /// and forth): on a VM it changes with where the host puts the vCPUs, and every atomic the
 /// two tokio workers contend on costs about this much.
+// Not hot_path's: that one runs the two sides on its contention runs' long-lived workers.
 fn handoff_ns() -> f64 {
-    const ROUND_TRIPS: u64 = 100_000;
-    let ball = std::sync::atomic::AtomicU64::new(0);
+    let ball = AtomicU64::new(0);
     let times: Vec<Duration> = std::thread::scope(|scope| {
         let sides: Vec<_> = (0..2_u64)
             .map(|side| {
                 let ball = &ball;
-                scope.spawn(move || {
-                    let start = Instant::now();
-                    for i in 0..ROUND_TRIPS {
-                        let mine = 2 * i + side;
-                        while ball.load(std::sync::atomic::Ordering::Acquire) != mine {
-                            std::hint::spin_loop();
-                        }
-                        ball.store(mine + 1, std::sync::atomic::Ordering::Release);
-                    }
-                    start.elapsed()
-                })
+                scope.spawn(move || handoff_side(ball, side))
             })
             .collect();
         sides
@@ -154,23 +131,14 @@ fn handoff_ns() -> f64 {
             .collect()
     });
     let slowest = times.into_iter().max().unwrap_or_default();
-    slowest.as_nanos() as f64 / (2 * ROUND_TRIPS) as f64
+    ns_per_handoff(slowest)
 }
 
 /// Prints how busy other processes kept the machine since `start`.
-fn report_load(what: &str, start: (Instant, Option<(u64, u64)>)) {
-    let (Some((busy0, own0)), Some((busy1, own1))) = (start.1, cpu_ticks()) else {
-        return;
-    };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let capacity = start.0.elapsed().as_secs_f64() * 100.0 * cpus;
-    let others = 100.0 * (busy1 - busy0).saturating_sub(own1 - own0) as f64 / capacity;
-    let warning = if others > 10.0 {
-        "  <- busy machine: rerun when quiet"
-    } else {
-        ""
-    };
-    println!("background load during {what}: {others:.0}% of the machine{warning}");
+fn report_load(what: &str, start: LoadStart) {
+    if let Some((_, load)) = background_load(start) {
+        print_background_load(what, load);
+    }
 }
 
 /// Median ns per request of each sample criterion took, by bench name (last `SAMPLES`).
@@ -237,7 +205,7 @@ fn main() {
     runtime.block_on(run(&with_static_header, &uri, 10 * IN_FLIGHT * 100));
     runtime.block_on(run(&with_layer, &uri, 10 * IN_FLIGHT * 100));
 
-    let criterion_start = (Instant::now(), cpu_ticks());
+    let criterion_start = load_start();
     let mut g = c.benchmark_group("end_to_end");
     g.throughput(criterion::Throughput::Elements(1));
     g.bench_function("static_header", |b| {
@@ -277,7 +245,7 @@ fn main() {
 
     // Alternate the stacks, each round in the other order, and compare medians.
     let handoff_before = handoff_ns();
-    let load_start = (Instant::now(), cpu_ticks());
+    let ratio_start = load_start();
     let mut fixed = Vec::new();
     let mut ours = Vec::new();
     for round in 0..ROUNDS {
@@ -303,7 +271,7 @@ fn main() {
             fixed / ours
         );
     }
-    report_load("the ratio pass", load_start);
+    report_load("the ratio pass", ratio_start);
     println!(
         "a cache line passes between two threads in {handoff_before:.0} ns before the ratio pass, {:.0} ns after",
         handoff_ns()

@@ -2,7 +2,8 @@
 //!
 //! Every stack wraps the same no-op inner service (200 at once, request dropped unread) and
 //! is driven by hand: `poll_ready`, `call`, one poll with a no-op waker, all on the bench
-//! thread inside a tokio runtime context. The stacks:
+//! thread inside a tokio runtime context. The stacks (built in `support/stacks.rs`, which
+//! `tests/allocations.rs` shares to count their allocations):
 //!
 //! - `bare`: the inner service alone, the figure every overhead is measured from;
 //! - `set_header_static`: tower-http's `SetRequestHeader` with a fixed, sensitive value: the floor;
@@ -22,33 +23,35 @@
 //! `HOT_PATH_PROFILE=hot_get/lengow_auth` (any `<group>/<stack>`) skips the benches and sends
 //! requests through one stack for a profiler instead; see [`profile_from_env`].
 
+#[path = "support/machine.rs"]
+mod machine;
+#[path = "support/stacks.rs"]
+mod stacks;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex, PoisonError, RwLock, mpsc};
+use std::sync::{Arc, Barrier, Mutex, PoisonError, mpsc};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{Empty, Full};
-use lengow_auth::{Credentials, LengowAuthLayer};
 use tokio::runtime::Runtime;
-use tower::retry::{Policy, Retry, RetryLayer};
-use tower::{Layer, Service, ServiceBuilder};
-use tower_http::set_header::{MakeHeaderValue, SetRequestHeader, SetRequestHeaderLayer};
+use tower::{Layer, Service};
 
-const TOKEN: &str = "0a1b2c3d-0000-4abc-8def-0123456789ab";
-const TOKEN_ANSWER: &str = r#"{"token":"0a1b2c3d-0000-4abc-8def-0123456789ab","account_id":1}"#;
-const API_URL: &str = "http://127.0.0.1:1";
-const ORDERS_URL: &str = "http://127.0.0.1:1/v3.0/orders?account_id=1";
-const ACTIONS_URL: &str = "http://127.0.0.1:1/v3.0/orders/actions/";
+use machine::{background_load, handoff_side, load_start, ns_per_handoff, print_background_load};
+use stacks::{
+    ACTIONS_URL, Drain, Noop, ORDERS_URL, cold_layer, hand_built, runtime, shared_token,
+    static_header, warm_layer,
+};
 
 /// Criterion's settings for every group: short runs, so the whole suite stays near 2 minutes.
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -85,50 +88,7 @@ fn post_request(i: u64) -> Request<Full<Bytes>> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Inner services
-
-/// Answers 200 at once and drops the request unread.
-#[derive(Clone, Copy, Debug)]
-struct Noop;
-
-impl<B> Service<Request<B>> for Noop {
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        drop(request);
-        ready(Ok(Response::new(Empty::new())))
-    }
-}
-
-/// Reads the request body to its end (a quick poll loop; the bodies here are always ready),
-/// then answers 200.
-#[derive(Clone, Copy, Debug)]
-struct Drain;
-
-impl<B: Body> Service<Request<B>> for Drain {
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let mut body = pin!(request.into_body());
-        let mut cx = Context::from_waker(Waker::noop());
-        while let Poll::Ready(Some(Ok(frame))) = body.as_mut().poll_frame(&mut cx) {
-            black_box(frame);
-        }
-        ready(Ok(Response::new(Empty::new())))
-    }
-}
+// The replay group's inner service (the others, and the stacks, are in support/stacks.rs)
 
 /// Answers 401 and 200 in turn: every request is rejected once, and its replay accepted.
 #[derive(Clone, Debug, Default)]
@@ -152,123 +112,6 @@ impl<B> Service<Request<B>> for RejectEveryOther {
         }
         ready(Ok(response))
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// The stacks
-
-/// The floor: a fixed token, made at run time (a token is never a `&'static str`), sensitive.
-fn static_header<S>(inner: S) -> SetRequestHeader<S, HeaderValue> {
-    let mut value = HeaderValue::from_str(TOKEN).expect("a valid header value");
-    value.set_sensitive(true);
-    SetRequestHeaderLayer::overriding(AUTHORIZATION, value).layer(inner)
-}
-
-/// The token a hand-built stack shares between its services and its refresher.
-type SharedToken = Arc<RwLock<HeaderValue>>;
-
-fn shared_token() -> SharedToken {
-    let mut value = HeaderValue::from_str(TOKEN).expect("a valid header value");
-    value.set_sensitive(true);
-    Arc::new(RwLock::new(value))
-}
-
-/// Reads the shared token for every request.
-#[derive(Clone, Debug)]
-struct ReadToken(SharedToken);
-
-impl<B> MakeHeaderValue<Request<B>> for ReadToken {
-    fn make_header_value(&mut self, _: &Request<B>) -> Option<HeaderValue> {
-        Some(
-            self.0
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        )
-    }
-}
-
-/// Keeps a clone of each request and sends it again, once, after a 401. A real stack would
-/// refresh the shared token in `retry`; here the token stays valid, so it only says "go".
-#[derive(Clone, Debug, Default)]
-struct ReplayOnce {
-    replayed: bool,
-}
-
-impl<B: Clone, R, E> Policy<Request<B>, Response<R>, E> for ReplayOnce {
-    type Future = Ready<()>;
-
-    fn retry(
-        &mut self,
-        _: &mut Request<B>,
-        result: &mut Result<Response<R>, E>,
-    ) -> Option<Self::Future> {
-        let rejected = matches!(result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
-        if rejected && !self.replayed {
-            self.replayed = true;
-            Some(ready(()))
-        } else {
-            None
-        }
-    }
-
-    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
-        if self.replayed {
-            return None;
-        }
-        let mut clone = Request::new(request.body().clone());
-        *clone.method_mut() = request.method().clone();
-        *clone.uri_mut() = request.uri().clone();
-        *clone.version_mut() = request.version();
-        *clone.headers_mut() = request.headers().clone();
-        *clone.extensions_mut() = request.extensions().clone();
-        Some(clone)
-    }
-}
-
-type HandBuilt<S> = Retry<ReplayOnce, SetRequestHeader<S, ReadToken>>;
-
-fn hand_built<S>(inner: S, token: &SharedToken) -> HandBuilt<S> {
-    ServiceBuilder::new()
-        .layer(RetryLayer::new(ReplayOnce::default()))
-        .layer(SetRequestHeaderLayer::overriding(
-            AUTHORIZATION,
-            ReadToken(Arc::clone(token)),
-        ))
-        .service(inner)
-}
-
-/// A layer whose token client answers a valid token at once, warmed so it holds that token.
-fn warm_layer(runtime: &Runtime) -> LengowAuthLayer {
-    let layer = cold_layer();
-    let account_id = runtime
-        .block_on(layer.account_id())
-        .expect("the token client answers a token");
-    assert_eq!(account_id, 1);
-    layer
-}
-
-/// A layer that holds no token yet; its token client answers a valid one at once.
-fn cold_layer() -> LengowAuthLayer {
-    let token_client = tower::service_fn(|_: Request<Full<Bytes>>| async {
-        let response = Response::builder()
-            .status(StatusCode::OK)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from_static(TOKEN_ANSWER.as_bytes())))
-            .expect("a valid response");
-        Ok::<_, Infallible>(response)
-    });
-    LengowAuthLayer::builder(Credentials::new("bench-access-token", "bench-secret"))
-        .api_url(API_URL.parse().expect("a valid uri"))
-        .build(token_client)
-        .expect("valid settings")
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -366,23 +209,15 @@ impl Workers {
 /// Nanoseconds for one hand-off of a cache line between the two worker threads (an atomic
 /// passed back and forth). On a VM it depends on where the host puts the two vCPUs; every
 /// contended atomic on the hot path pays about this much.
+// Not end_to_end's: the two sides run on the contention runs' own worker threads.
 fn handoff_ns(workers: &Workers) -> f64 {
-    const ROUND_TRIPS: u64 = 100_000;
     let ball = Arc::new(AtomicU64::new(0));
     let (done, finished) = mpsc::channel();
     for (side, queue) in workers.queues.iter().enumerate().take(2) {
         let ball = Arc::clone(&ball);
         let done = done.clone();
         let job: Job = Box::new(move || {
-            let start = Instant::now();
-            for i in 0..ROUND_TRIPS {
-                let mine = 2 * i + side as u64;
-                while ball.load(Ordering::Acquire) != mine {
-                    std::hint::spin_loop();
-                }
-                ball.store(mine + 1, Ordering::Release);
-            }
-            let _ = done.send(start.elapsed());
+            let _ = done.send(handoff_side(&ball, side as u64));
         });
         queue
             .send(job)
@@ -392,7 +227,7 @@ fn handoff_ns(workers: &Workers) -> f64 {
         .map(|_| finished.recv().expect("both sides finish"))
         .max()
         .unwrap_or_default();
-    slowest.as_nanos() as f64 / (2 * ROUND_TRIPS) as f64
+    ns_per_handoff(slowest)
 }
 
 /// Hand-off times measured before and after the contention group, for the summary.
@@ -475,49 +310,23 @@ fn median_ns(id: &str) -> Option<f64> {
 // ---------------------------------------------------------------------------------------
 // Background load: the machine is shared, and other processes skew every figure
 
-/// CPU ticks the whole machine spent busy, and those this process spent (Linux only).
-fn cpu_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy = fields.iter().take(8).sum::<u64>() - fields.get(3)? - fields.get(4)?;
-    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // After the command name (which may hold spaces) comes field 3; utime and stime are 14, 15.
-    let after_name = &own[own.rfind(')')? + 2..];
-    let own: Vec<&str> = after_name.split_whitespace().collect();
-    let utime: u64 = own.get(11)?.parse().ok()?;
-    let stime: u64 = own.get(12)?.parse().ok()?;
-    Some((busy, utime + stime))
-}
-
 /// The share of the machine other processes kept busy while a group ran, by group.
 static BACKGROUND: Mutex<Vec<(String, f64)>> = Mutex::new(Vec::new());
 
 /// Runs `f` and records how busy other processes kept the machine meanwhile.
 fn watching_load(group: &str, f: impl FnOnce()) {
-    let start = (Instant::now(), cpu_ticks());
+    let start = load_start();
     f();
-    let (Some((busy0, own0)), Some((busy1, own1))) = (start.1, cpu_ticks()) else {
+    let Some((seconds, load)) = background_load(start) else {
         return;
     };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    // /proc/stat counts in USER_HZ, 100 per second on Linux.
-    let seconds = start.0.elapsed().as_secs_f64();
     if seconds < 1.0 {
         return; // filtered out: nothing ran
     }
-    let capacity = seconds * 100.0 * cpus;
-    let others = (busy1 - busy0).saturating_sub(own1 - own0) as f64;
     BACKGROUND
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .push((group.to_owned(), 100.0 * others / capacity));
+        .push((group.to_owned(), load));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -819,12 +628,7 @@ fn summary() {
         .unwrap_or_else(PoisonError::into_inner)
         .iter()
     {
-        let warning = if *load > 10.0 {
-            "  <- busy machine: rerun when quiet"
-        } else {
-            ""
-        };
-        println!("background load during {group}: {load:.0}% of the machine{warning}");
+        print_background_load(group, *load);
     }
     let interleaved = |id: &str| {
         INTERLEAVED

@@ -6,25 +6,31 @@
 //! Requests are built before counting starts, so only what the middleware (and the inner
 //! service) allocate is counted. Run `cargo test --test allocations -- --nocapture` to see
 //! the figures.
+//!
+//! The stacks are those `benches/hot_path.rs` times, from `benches/support/stacks.rs`.
+
+#[path = "../benches/support/stacks.rs"]
+mod stacks;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::Future;
 use std::pin::pin;
-use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::header::{ACCEPT, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{Empty, Full};
-use lengow_auth::{Credentials, LengowAuthLayer};
-use tokio::runtime::Runtime;
-use tower::retry::{Policy, Retry, RetryLayer};
-use tower::{Layer, Service, ServiceBuilder};
-use tower_http::set_header::{MakeHeaderValue, SetRequestHeader, SetRequestHeaderLayer};
+use lengow_auth::ReplayBody;
+use tower::{Layer, Service};
+
+use stacks::{
+    ACTIONS_URL, Drain, Noop, ORDERS_URL, hand_built, runtime, shared_token, static_header,
+    warm_layer,
+};
 
 // ---------------------------------------------------------------------------------------
 // The counting allocator
@@ -75,13 +81,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 // ---------------------------------------------------------------------------------------
-// Requests, inner services and stacks (the same as benches/hot_path.rs)
-
-const TOKEN: &str = "0a1b2c3d-0000-4abc-8def-0123456789ab";
-const TOKEN_ANSWER: &str = r#"{"token":"0a1b2c3d-0000-4abc-8def-0123456789ab","account_id":1}"#;
-const API_URL: &str = "http://127.0.0.1:1";
-const ORDERS_URL: &str = "http://127.0.0.1:1/v3.0/orders?account_id=1";
-const ACTIONS_URL: &str = "http://127.0.0.1:1/v3.0/orders/actions/";
+// Requests (the inner services and stacks are in benches/support/stacks.rs)
 
 const WARM_UP: u64 = 100;
 const MEASURED: u64 = 1000;
@@ -118,126 +118,6 @@ fn post_request(i: u64) -> Request<Full<Bytes>> {
         .header("x-request-id", if i % 2 == 0 { "even" } else { "odd" })
         .body(Full::new(Bytes::from(vec![b'x'; 1024])))
         .expect("a valid request")
-}
-
-/// Answers 200 at once; drops the request unread, or reads its body to the end first.
-#[derive(Clone, Copy, Debug)]
-struct Inner {
-    drain: bool,
-}
-
-impl<B: Body> Service<Request<B>> for Inner {
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        if self.drain {
-            let mut body = pin!(request.into_body());
-            let mut cx = Context::from_waker(Waker::noop());
-            while let Poll::Ready(Some(Ok(_))) = body.as_mut().poll_frame(&mut cx) {}
-        }
-        ready(Ok(Response::new(Empty::new())))
-    }
-}
-
-const NOOP: Inner = Inner { drain: false };
-const DRAIN: Inner = Inner { drain: true };
-
-fn static_header<S>(inner: S) -> SetRequestHeader<S, HeaderValue> {
-    let mut value = HeaderValue::from_str(TOKEN).expect("a valid header value");
-    value.set_sensitive(true);
-    SetRequestHeaderLayer::overriding(AUTHORIZATION, value).layer(inner)
-}
-
-type SharedToken = Arc<RwLock<HeaderValue>>;
-
-#[derive(Clone, Debug)]
-struct ReadToken(SharedToken);
-
-impl<B> MakeHeaderValue<Request<B>> for ReadToken {
-    fn make_header_value(&mut self, _: &Request<B>) -> Option<HeaderValue> {
-        Some(
-            self.0
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        )
-    }
-}
-
-#[derive(Clone, Debug, Default)]
-struct ReplayOnce {
-    replayed: bool,
-}
-
-impl<B: Clone, R, E> Policy<Request<B>, Response<R>, E> for ReplayOnce {
-    type Future = Ready<()>;
-
-    fn retry(
-        &mut self,
-        _: &mut Request<B>,
-        result: &mut Result<Response<R>, E>,
-    ) -> Option<Self::Future> {
-        let rejected = matches!(result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
-        (rejected && !std::mem::replace(&mut self.replayed, true)).then(|| ready(()))
-    }
-
-    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
-        if self.replayed {
-            return None;
-        }
-        let mut clone = Request::new(request.body().clone());
-        *clone.method_mut() = request.method().clone();
-        *clone.uri_mut() = request.uri().clone();
-        *clone.version_mut() = request.version();
-        *clone.headers_mut() = request.headers().clone();
-        *clone.extensions_mut() = request.extensions().clone();
-        Some(clone)
-    }
-}
-
-/// `SetRequestHeader` reading a shared token under `Retry` replaying once on 401: what a user
-/// would build instead of this crate.
-fn hand_built<S>(inner: S) -> Retry<ReplayOnce, SetRequestHeader<S, ReadToken>> {
-    let mut value = HeaderValue::from_str(TOKEN).expect("a valid header value");
-    value.set_sensitive(true);
-    ServiceBuilder::new()
-        .layer(RetryLayer::new(ReplayOnce::default()))
-        .layer(SetRequestHeaderLayer::overriding(
-            AUTHORIZATION,
-            ReadToken(Arc::new(RwLock::new(value))),
-        ))
-        .service(inner)
-}
-
-fn warm_layer(runtime: &Runtime) -> LengowAuthLayer {
-    let token_client = tower::service_fn(|_: Request<Full<Bytes>>| async {
-        let response = Response::builder()
-            .status(StatusCode::OK)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from_static(TOKEN_ANSWER.as_bytes())))
-            .expect("a valid response");
-        Ok::<_, Infallible>(response)
-    });
-    let layer = LengowAuthLayer::builder(Credentials::new("test-access-token", "test-secret"))
-        .api_url(API_URL.parse().expect("a valid uri"))
-        .replay_body_limit(64 * 1024)
-        .build(token_client)
-        .expect("valid settings");
-    assert_eq!(runtime.block_on(layer.account_id()).expect("a token"), 1);
-    layer
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 /// `poll_ready`, `call` and one poll with a no-op waker; the response must be there at once.
@@ -283,9 +163,12 @@ where
 
 /// Allocations per request of each stack, in the order bare, static header, hand-built,
 /// `LengowAuth`; printed as a table row.
-fn measure<B>(label: &str, make: fn(u64) -> Request<B>, inner: Inner) -> [f64; 4]
+fn measure<B, I>(label: &str, make: fn(u64) -> Request<B>, inner: I) -> [f64; 4]
 where
     B: Body + Clone,
+    I: Service<Request<B>, Response = Response<Empty<Bytes>>, Error = Infallible>
+        + Service<Request<ReplayBody<B>>, Response = Response<Empty<Bytes>>, Error = Infallible>
+        + Copy,
 {
     let runtime = runtime();
     let layer = warm_layer(&runtime);
@@ -293,7 +176,7 @@ where
     let row = [
         per_request(&mut inner.clone(), make),
         per_request(&mut static_header(inner), make),
-        per_request(&mut hand_built(inner), make),
+        per_request(&mut hand_built(inner, &shared_token()), make),
         per_request(&mut layer.layer(inner), make),
     ];
     assert_eq!(layer.stats().fetches, 1, "the warm layer fetched again");
@@ -314,7 +197,7 @@ const EXTRA_ALLOCATIONS_PER_GET: f64 = 2.0;
 
 #[test]
 fn a_bodyless_get_costs_at_most_two_allocations_more_than_set_request_header() {
-    let [_, floor, _, ours] = measure("GET, 3 headers from string literals", get_request, NOOP);
+    let [_, floor, _, ours] = measure("GET, 3 headers from string literals", get_request, Noop);
     assert!(
         ours - floor <= EXTRA_ALLOCATIONS_PER_GET,
         "LengowAuth makes {ours} allocations per bodyless GET, SetRequestHeader {floor}: \
@@ -325,7 +208,7 @@ fn a_bodyless_get_costs_at_most_two_allocations_more_than_set_request_header() {
 
 #[test]
 fn a_bodyless_get_with_static_headers_costs_at_most_two_allocations_more() {
-    let [_, floor, _, ours] = measure("GET, 3 headers from_static", get_request_static, NOOP);
+    let [_, floor, _, ours] = measure("GET, 3 headers from_static", get_request_static, Noop);
     assert!(
         ours - floor <= EXTRA_ALLOCATIONS_PER_GET,
         "LengowAuth makes {ours} allocations per bodyless GET (static headers), \
@@ -337,8 +220,8 @@ fn a_bodyless_get_with_static_headers_costs_at_most_two_allocations_more() {
 /// Figures only, for BENCHMARKS.md: the 1 KiB POST, its body left unread or read whole.
 #[test]
 fn post_allocations_are_reported() {
-    let unread = measure("POST 1 KiB, body unread", post_request, NOOP);
-    let drained = measure("POST 1 KiB, body drained", post_request, DRAIN);
+    let unread = measure("POST 1 KiB, body unread", post_request, Noop);
+    let drained = measure("POST 1 KiB, body drained", post_request, Drain);
     // Reading the body can only add to what the stacks keep for a replay, never remove.
     assert!(drained[3] >= unread[3]);
 }
