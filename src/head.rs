@@ -81,11 +81,11 @@ impl Head {
         let uri = request.uri();
         let method = request.method();
         let method_code = METHODS.iter().position(|known| known == method);
-        let (scheme_code, scheme) = match uri.scheme() {
+        let (scheme_code, scheme) = match uri.scheme_str() {
             None => (SCHEME_NONE, ""),
-            Some(scheme) if *scheme == Scheme::HTTPS => (SCHEME_HTTPS, ""),
-            Some(scheme) if *scheme == Scheme::HTTP => (SCHEME_HTTP, ""),
-            Some(scheme) => (SCHEME_OTHER, scheme.as_str()),
+            Some("https") => (SCHEME_HTTPS, ""),
+            Some("http") => (SCHEME_HTTP, ""),
+            Some(other) => (SCHEME_OTHER, other),
         };
         let pieces = [
             if method_code.is_some() {
