@@ -99,7 +99,7 @@ where
             let future = service.call(request.map(ReplayBody::passthrough));
             return Self::with(State::First { future }, service, core, Plan::Passthrough);
         }
-        let wall = core.cache.clock().now();
+        let wall = core.cache.clock().wall();
         match crate::local::token(core.id, core.cache.slot(), wall) {
             Some(sending) => {
                 let (state, plan) = Self::send(&mut service, core, request, sending.header);

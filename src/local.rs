@@ -5,11 +5,10 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::thread::LocalKey;
-use std::time::SystemTime;
 
 use http::HeaderValue;
 
-use crate::token::{Token, TokenSlot};
+use crate::token::{Token, TokenSlot, WallTime};
 
 /// This thread's copy of a layer's current token and of its header.
 struct LocalToken {
@@ -38,7 +37,7 @@ pub(crate) struct Sending {
 /// renewed from the slot when a new token is in. Its header is this thread's own: cloning the
 /// token's shared header would bump one reference count from every thread.
 #[inline]
-pub(crate) fn token(layer: u64, slot: &TokenSlot, wall: SystemTime) -> Option<Sending> {
+pub(crate) fn token(layer: u64, slot: &TokenSlot, wall: WallTime) -> Option<Sending> {
     let generation = slot.generation();
     if generation == 0 {
         return None;

@@ -122,7 +122,7 @@ impl Cache {
 
     fn usable(&self) -> Option<Arc<Token>> {
         let now = Instant::now();
-        let wall = self.config.clock.now();
+        let wall = self.config.clock.wall();
         self.slot.load_full().filter(|t| t.is_usable(now, wall))
     }
 
@@ -232,7 +232,7 @@ impl Cache {
         );
         let asked = Asked {
             at: Instant::now(),
-            wall: self.config.clock.now(),
+            wall: self.config.clock.wall(),
         };
         let result = self
             .fetcher

@@ -10,14 +10,14 @@ mod response;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::time::Instant;
 
 pub(crate) use cache::{Cache, CacheConfig};
-pub(crate) use clock::Clock;
+pub(crate) use clock::{Clock, WallTime};
 pub use clock::{SystemClock, WallClock};
 pub use credentials::Credentials;
 pub(crate) use fetch::Fetcher;
@@ -40,7 +40,7 @@ pub(crate) struct Token {
     /// Counts tokens this layer has held; a rejection names the generation it rejected.
     pub(crate) generation: u64,
     usable_until: Instant,
-    wall_usable_until: SystemTime,
+    wall_usable_until: WallTime,
     refresh_at: Instant,
     /// Fetched because the token before it was rejected.
     forced: bool,
@@ -55,7 +55,7 @@ pub(crate) struct Token {
 #[derive(Clone, Copy)]
 pub(crate) struct Asked {
     pub(crate) at: Instant,
-    pub(crate) wall: SystemTime,
+    pub(crate) wall: WallTime,
 }
 
 impl Token {
@@ -84,7 +84,7 @@ impl Token {
             user_id: answer.user_id,
             generation,
             usable_until: asked.at + usable,
-            wall_usable_until: asked.wall + usable,
+            wall_usable_until: asked.wall.saturating_add(usable),
             refresh_at: asked.at + refresh_after,
             forced,
             proven: AtomicBool::new(false),
@@ -94,7 +94,7 @@ impl Token {
 
     /// Whether the token may still be sent, by tokio's clock and by the wall clock; marks it
     /// expired when it may not.
-    pub(crate) fn is_usable(&self, now: Instant, wall: SystemTime) -> bool {
+    pub(crate) fn is_usable(&self, now: Instant, wall: WallTime) -> bool {
         let usable = now < self.usable_until && wall < self.wall_usable_until;
         if !usable {
             self.expire();
@@ -105,7 +105,7 @@ impl Token {
     /// The hot path's check: the expiry flag (tokio's clock, set by a timer) and the wall
     /// clock (which, unlike tokio's, runs on while the machine sleeps).
     #[inline]
-    pub(crate) fn is_fresh(&self, wall: SystemTime) -> bool {
+    pub(crate) fn is_fresh(&self, wall: WallTime) -> bool {
         !self.expired.load(Ordering::Relaxed) && wall < self.wall_usable_until
     }
 
