@@ -137,31 +137,34 @@ where
 
     /// Injects the token, keeps what a replay needs and makes the first call.
     ///
-    /// The request is changed in place and moved once, to give it its replayable body: the
-    /// head is the largest thing on the hot path, and every move of it is a copy.
+    /// The request is changed in place, and wrapped in its replayable body as it is handed to
+    /// the call, so the wrapped request is built where the call takes it: the head is the
+    /// largest thing on the hot path, and every move of it is a copy. The head is copied
+    /// before the body is looked at, so a body too large to keep wastes that copy.
     #[inline]
     fn send(
         service: &mut S,
         core: &Core,
-        request: Request<B>,
+        mut request: Request<B>,
         header: http::HeaderValue,
     ) -> (State<S::Future, B>, Plan) {
+        if core.refresh_on.is_empty() {
+            request.headers_mut().insert(header::AUTHORIZATION, header);
+            let future = service.call(request.map(ReplayBody::passthrough));
+            return (State::First { future }, Plan::NoReplay);
+        }
+        let head = Head::copy(&request);
+        request.headers_mut().insert(header::AUTHORIZATION, header);
         let mut source = None;
-        let mut request = request.map(|body| {
-            if core.refresh_on.is_empty() {
-                return ReplayBody::passthrough(body);
-            }
+        let future = service.call(request.map(|body| {
             let (body, captured) = ReplayBody::capture(body, core.replay_body_limit);
             source = captured;
             body
-        });
-        let plan = match source.and_then(|source| Some(Plan::Replay(Head::copy(&request)?, source)))
-        {
-            Some(plan) => plan,
-            None => Plan::NoReplay,
+        }));
+        let plan = match (head, source) {
+            (Some(head), Some(source)) => Plan::Replay(head, source),
+            _ => Plan::NoReplay,
         };
-        request.headers_mut().insert(header::AUTHORIZATION, header);
-        let future = service.call(request);
         (State::First { future }, plan)
     }
 }
