@@ -84,6 +84,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // Keep the service that was driven ready; the clone waits for the next call.
         let clone = self.inner.clone();
