@@ -24,6 +24,7 @@ type Outcome = Result<Arc<Token>, crate::Error>;
 
 pin_project! {
     /// The response future of [`LengowAuth`](crate::LengowAuth).
+    #[project = Projection]
     pub struct ResponseFuture<S, B>
     where
         S: Service<Request<ReplayBody<B>>>,
@@ -177,8 +178,38 @@ where
 {
     type Output = Result<Response<R>, BoxError>;
 
+    /// The first response of a request that was not waiting for a token is handled inline;
+    /// everything else (a wait for a token, a rejection, the replay) out of line.
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if let StateProj::First { future } = this.state.as_mut().project() {
+            let response = ready!(future.poll(cx)).map_err(Into::into)?;
+            let passes = matches!(this.plan, Plan::Passthrough)
+                || !this.refresh_on.contains(response.status());
+            if passes && !*this.unproven {
+                return Poll::Ready(Ok(response));
+            }
+            if let Some(response) = Self::first_response(&mut this, response) {
+                return Poll::Ready(Ok(response));
+            }
+        }
+        Self::poll_states(this, cx)
+    }
+}
+
+impl<S, B, R> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<R>>,
+    S::Error: Into<BoxError>,
+    B: Body,
+{
+    /// Drives the states until the response is in.
+    #[inline(never)]
+    fn poll_states(
+        mut this: Projection<'_, S, B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<R>, BoxError>> {
         loop {
             match this.state.as_mut().project() {
                 StateProj::Token {
@@ -196,49 +227,9 @@ where
                 }
                 StateProj::First { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if matches!(this.plan, Plan::Passthrough) {
+                    if let Some(response) = Self::first_response(&mut this, response) {
                         return Poll::Ready(Ok(response));
                     }
-                    if !this.refresh_on.contains(response.status()) {
-                        if *this.unproven {
-                            if let Some(core) = crate::layer::core(*this.layer) {
-                                accepted(&core, *this.generation);
-                            }
-                        }
-                        return Poll::Ready(Ok(response));
-                    }
-                    let Some(core) = crate::layer::core(*this.layer) else {
-                        tracing::debug!(
-                            status = response.status().as_u16(),
-                            "request rejected after the last handle to the layer was dropped: \
-                             not replayed"
-                        );
-                        return Poll::Ready(Ok(response));
-                    };
-                    let (head, source) = match std::mem::replace(this.plan, Plan::NoReplay) {
-                        Plan::Passthrough => return Poll::Ready(Ok(response)),
-                        Plan::NoReplay => {
-                            skipped(&core, *this.generation, "the body is over the replay limit");
-                            return Poll::Ready(Ok(response));
-                        }
-                        Plan::Replay(head, source) => (head, source),
-                    };
-                    let Some(body) = source.replay() else {
-                        skipped(&core, *this.generation, "the body was not captured whole");
-                        return Poll::Ready(Ok(response));
-                    };
-                    tracing::debug!(
-                        status = response.status().as_u16(),
-                        generation = *this.generation,
-                        "request rejected: refreshing the token to replay it"
-                    );
-                    drop(response);
-                    let token = core.cache.after_rejection(*this.generation);
-                    this.state.set(State::Refresh {
-                        token,
-                        request: Some(Box::new(head.into_request(body))),
-                        core,
-                    });
                 }
                 StateProj::Refresh {
                     token,
@@ -281,6 +272,58 @@ where
                 }
             }
         }
+    }
+    /// What follows the first response: `Some` to return it, `None` when the request was
+    /// rejected and the state moved on to the refresh its replay waits for.
+    #[inline(never)]
+    fn first_response(
+        this: &mut Projection<'_, S, B>,
+        response: Response<R>,
+    ) -> Option<Response<R>> {
+        if matches!(this.plan, Plan::Passthrough) {
+            return Some(response);
+        }
+        if !this.refresh_on.contains(response.status()) {
+            if *this.unproven {
+                if let Some(core) = crate::layer::core(*this.layer) {
+                    accepted(&core, *this.generation);
+                }
+            }
+            return Some(response);
+        }
+        let Some(core) = crate::layer::core(*this.layer) else {
+            tracing::debug!(
+                status = response.status().as_u16(),
+                "request rejected after the last handle to the layer was dropped: \
+                 not replayed"
+            );
+            return Some(response);
+        };
+        let (head, source) = match std::mem::replace(this.plan, Plan::NoReplay) {
+            Plan::Passthrough => return Some(response),
+            Plan::NoReplay => {
+                skipped(&core, *this.generation, "the body is over the replay limit");
+                return Some(response);
+            }
+            Plan::Replay(head, source) => (head, source),
+        };
+        let Some(body) = source.replay() else {
+            skipped(&core, *this.generation, "the body was not captured whole");
+            return Some(response);
+        };
+        tracing::debug!(
+            status = response.status().as_u16(),
+            generation = *this.generation,
+            "request rejected: refreshing the token to replay it"
+        );
+        drop(response);
+        let token = core.cache.after_rejection(*this.generation);
+        this.state.set(State::Refresh {
+            token,
+            request: Some(Box::new(head.into_request(body))),
+            core,
+        });
+        None
     }
 }
 
