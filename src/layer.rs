@@ -207,7 +207,7 @@ impl Origin {
     }
 
     /// Whether `uri` points at this origin. A path-only URI does.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn matches(&self, uri: &Uri) -> bool {
         let Some(authority) = uri.authority() else {
             return true;

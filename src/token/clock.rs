@@ -115,7 +115,7 @@ impl Clock {
     }
 
     /// The current time as the hot path compares it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn wall(&self) -> WallTime {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Clock::System = self {
