@@ -349,6 +349,9 @@ fn bench_runners(c: &mut Criterion, group: &str, runners: &mut [(String, Runner<
 
 /// Medians of the interleaved pass, by bench id.
 static INTERLEAVED: Mutex<BTreeMap<String, f64>> = Mutex::new(BTreeMap::new());
+/// The interleaved pass's ratios of `lengow_auth`'s overhead to another stack's, one per
+/// round, by `<group>/<other stack>`.
+static ROUND_RATIOS: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
 /// When criterion ran every runner of `group` (no filter left one out, not in test mode),
 /// runs them again in turn, `ROUNDS` rounds of `per_round` requests, each round starting one
@@ -366,6 +369,26 @@ fn interleave(group: &str, runners: &mut [(String, Runner<'_>)], per_round: u64)
             let i = (round + k) % runners.len();
             let elapsed = (runners[i].1)(per_round);
             times[i].push(elapsed.as_nanos() as f64 / per_round as f64);
+        }
+    }
+    let round = |stack: &str| {
+        let i = runners.iter().position(|(name, _)| name == stack)?;
+        Some(&times[i])
+    };
+    if let (Some(bare), Some(lengow)) = (round("bare"), round("lengow_auth")) {
+        let mut ratios = ROUND_RATIOS.lock().unwrap_or_else(PoisonError::into_inner);
+        for other in ["set_header_static", "hand_built"] {
+            let Some(other_times) = round(other) else {
+                continue;
+            };
+            // One ratio per round, from the four stacks timed back to back in it.
+            let per_round: Vec<f64> = (0..ROUNDS)
+                .filter_map(|r| {
+                    let below = other_times[r] - bare[r];
+                    (below > 0.0).then(|| (lengow[r] - bare[r]) / below)
+                })
+                .collect();
+            ratios.insert(format!("{group}/{other}"), per_round);
         }
     }
     let mut results = INTERLEAVED.lock().unwrap_or_else(PoisonError::into_inner);
@@ -668,6 +691,30 @@ fn summary() {
                 );
             }
         }
+    }
+    for (key, ratios) in ROUND_RATIOS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter_mut()
+    {
+        let Some((group, other)) = key.split_once('/') else {
+            continue;
+        };
+        if ratios.is_empty() {
+            continue;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let target = if other == "hand_built" { 0.8 } else { 3.0 };
+        println!(
+            "{group} (interleaved, round by round): lengow_auth overhead / {other} overhead: \
+             median {:.2}, middle half {:.2}-{:.2}, all {:.2}-{:.2} of {} rounds (target <= {target})",
+            ratios[ratios.len() / 2],
+            ratios[ratios.len() / 4],
+            ratios[ratios.len() * 3 / 4],
+            ratios[0],
+            ratios[ratios.len() - 1],
+            ratios.len(),
+        );
     }
     if let [before, after] = HANDOFF
         .lock()
