@@ -53,11 +53,13 @@ thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
+#[inline(always)]
 fn pooled() -> Vec<u8> {
     crate::local::take(&POOL).unwrap_or_else(|| Vec::with_capacity(INITIAL_CAPACITY))
 }
 
 impl Drop for Head {
+    #[inline]
     fn drop(&mut self) {
         let mut bytes = std::mem::take(&mut self.bytes);
         if bytes.capacity() == 0 || bytes.capacity() > POOL_MAX_CAPACITY {
