@@ -119,17 +119,17 @@ impl Lengow {
         })
     }
 
-    /// The mock API: 200 for a live token, 401 otherwise.
-    fn api(
+    /// The mock API: 200 for a live token, 401 otherwise; the body is not read.
+    fn api<B: Send + 'static>(
         self,
     ) -> impl Service<
-        Request<ReplayBody<Empty<Bytes>>>,
+        Request<ReplayBody<B>>,
         Response = Response<Empty<Bytes>>,
         Error = Infallible,
         Future = impl Send,
     > + Clone {
         let lengow = self;
-        tower::service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
+        tower::service_fn(move |request: Request<ReplayBody<B>>| {
             let lengow = lengow.clone();
             async move {
                 let mut mock = lengow.0.lock().unwrap();
@@ -346,6 +346,48 @@ async fn forced_refreshes_keep_a_doubling_floor_while_fresh_tokens_are_rejected(
     assert_eq!(stats.replays, stats.rejected_after_replay);
 }
 
+/// A forced token the API accepts on its first send (not on a replay) is recorded as
+/// accepted, so the next forced refresh keeps the floor at its minimum instead of doubling it.
+#[tokio::test(start_paused = true)]
+async fn a_forced_token_accepted_on_its_first_send_keeps_the_floor_at_its_minimum() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    let started = Instant::now();
+    // No body is kept (limit 0), so a rejection is returned as is, without a replay: only a
+    // later request can be the first to send the token the rejection forced.
+    let layer = builder()
+        .min_refresh_interval(Duration::from_secs(1))
+        .replay_body_limit(0)
+        .build(lengow.clone().token_client())
+        .unwrap();
+    let client = layer.layer(lengow.clone().api::<Full<Bytes>>());
+    let post = || {
+        let request = Request::post("/v3.0/orders/actions/")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        client.clone().oneshot(request)
+    };
+    layer.account_id().await.unwrap();
+    for _ in 0..5 {
+        lengow.revoke();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if post().await.unwrap().status() == StatusCode::OK {
+                break;
+            }
+        }
+    }
+    let offsets: Vec<u128> = lengow
+        .fetches()
+        .iter()
+        .map(|t| (*t - started).as_millis())
+        .collect();
+    // The cold fetch, then one forced fetch a second (the floor) after each revocation; a
+    // floor doubled each time would give 100, 1100, 3100, 7100, 15100.
+    assert_eq!(offsets, vec![0, 100, 1100, 2100, 3100, 4100]);
+    let stats = layer.stats();
+    assert_eq!((stats.forced_refreshes, stats.replays), (5, 0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_revocation_storm_costs_one_fetch() {
     let lengow = Lengow::new(Duration::from_secs(3600));
@@ -369,7 +411,7 @@ async fn a_revocation_storm_costs_one_fetch() {
 async fn the_refresher_ends_when_the_last_handle_is_dropped() {
     let lengow = Lengow::new(Duration::from_secs(3600));
     let layer = builder().build(lengow.clone().token_client()).unwrap();
-    let client = layer.layer(lengow.clone().api());
+    let client = layer.layer(lengow.clone().api::<Empty<Bytes>>());
     layer.account_id().await.unwrap();
     drop(client);
     // Here, and in the token client the cache (held by the layer and the refresher) owns.
