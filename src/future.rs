@@ -273,6 +273,7 @@ where
             }
         }
     }
+
     /// What follows the first response: `Some` to return it, `None` when the request was
     /// rejected and the state moved on to the refresh its replay waits for.
     #[inline(never)]
@@ -302,7 +303,11 @@ where
         let (head, source) = match std::mem::replace(this.plan, Plan::NoReplay) {
             Plan::Passthrough => return Some(response),
             Plan::NoReplay => {
-                skipped(&core, *this.generation, "the body is over the replay limit");
+                skipped(
+                    &core,
+                    *this.generation,
+                    "not kept: the body is over the replay limit, or the method over 64 KiB",
+                );
                 return Some(response);
             }
             Plan::Replay(head, source) => (head, source),
