@@ -1,11 +1,11 @@
 //! [`Head`]: the copy of a request head kept for a replay, made on every request.
 //! Method, URI and headers are laid as bytes in one buffer; they are parsed back only on a replay.
 
-use std::cell::{Cell, RefCell};
-
 use bytes::{Buf, Bytes};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+
+use crate::local::Pool;
 
 /// What a replay needs of the first request but its body and token.
 ///
@@ -50,18 +50,11 @@ thread_local! {
     /// Heads take their buffer from this thread's pool: most requests are answered without a
     /// replay, so the same few buffers serve request after request without touching the
     /// allocator.
-    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    /// The buffer given back last, kept apart from the pool: a thread that sends one request
-    /// at a time takes and gives back this one only, a move each way.
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static POOL: Pool<Vec<u8>> = const { Pool::new() };
 }
 
 #[inline(always)]
 fn pooled() -> Vec<u8> {
-    let spare = SPARE.try_with(Cell::take).unwrap_or_default();
-    if spare.capacity() != 0 {
-        return spare;
-    }
     crate::local::take(&POOL).unwrap_or_else(|| Vec::with_capacity(INITIAL_CAPACITY))
 }
 
@@ -75,12 +68,7 @@ impl Drop for Head {
         // The bytes are overwritten by the next head; they may hold cookies, so the buffer
         // never leaves this crate.
         bytes.clear();
-        let Ok(previous) = SPARE.try_with(|spare| spare.replace(bytes)) else {
-            return;
-        };
-        if previous.capacity() != 0 {
-            crate::local::give(&POOL, previous);
-        }
+        crate::local::give(&POOL, bytes);
     }
 }
 
@@ -315,34 +303,21 @@ mod tests {
         let large = large.body(()).unwrap();
         let (original, copy) = round_trip(large.clone());
         assert_eq!(copy.headers(), original.headers());
-        // A head dropped unused gives its grown buffer (about 3 KiB) back to this thread
-        // (the spare slot, the buffer there before going to the pool); the next head takes
-        // it, and a small head written over it comes back alone.
-        POOL.with(|pool| pool.borrow_mut().clear());
-        drop(SPARE.with(Cell::take));
+        // A head dropped unused gives its grown buffer (about 3 KiB) back to this thread's
+        // pool; the next head takes it, and a small head written over it comes back alone.
+        POOL.with(Pool::clear);
         drop(Head::copy(&large));
-        let spare = SPARE.with(Cell::take);
-        assert!(spare.capacity() > INITIAL_CAPACITY);
-        assert!(spare.is_empty());
-        SPARE.with(|slot| slot.set(spare));
+        let grown = crate::local::take(&POOL).unwrap();
+        assert!(grown.capacity() > INITIAL_CAPACITY);
+        assert!(grown.is_empty());
+        crate::local::give(&POOL, grown);
         drop(Head::copy(&large));
         drop(Head::copy(&large));
-        assert_eq!(
-            POOL.with(|pool| pool.borrow().len()),
-            0,
-            "one buffer served both"
-        );
-        // Two heads alive at once: one buffer comes back to the spare slot, the other to the
-        // pool, and neither is lost.
+        assert_eq!(POOL.with(Pool::len), 1, "one buffer served both");
+        // Two heads alive at once: both buffers come back, neither is lost.
         let (first, second) = (Head::copy(&large), Head::copy(&large));
         drop((first, second));
-        assert!(SPARE.with(|slot| {
-            let spare = slot.take();
-            let kept = spare.capacity() != 0;
-            slot.set(spare);
-            kept
-        }));
-        assert_eq!(POOL.with(|pool| pool.borrow().len()), 1);
+        assert_eq!(POOL.with(Pool::len), 2);
         let (original, copy) = round_trip(
             Request::get("/v3.0/orders")
                 .header(header::ACCEPT, "application/json")

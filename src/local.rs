@@ -2,7 +2,7 @@
 //! cache line: each thread's own copy of the token and of its header, and the pools the hot
 //! path reuses its buffers from instead of allocating.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::thread::LocalKey;
 
@@ -74,28 +74,66 @@ pub(crate) fn token(layer: u64, slot: &TokenSlot, wall: WallTime) -> Option<Send
         .flatten()
 }
 
-/// A per-thread pool of reusable values (declared with `thread_local!`).
-pub(crate) type Pool<T> = LocalKey<RefCell<Vec<T>>>;
+/// A per-thread pool of reusable values, declared with `thread_local!` as
+/// `static NAME: Pool<T> = const { Pool::new() };`.
+///
+/// The value given back last waits in a slot of its own: a thread that sends one request at a
+/// time moves that one value out and back in, without borrowing the vector behind it.
+pub(crate) struct Pool<T> {
+    last: Cell<Option<T>>,
+    rest: RefCell<Vec<T>>,
+}
+
+impl<T> Pool<T> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            last: Cell::new(None),
+            rest: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// How many values the pool holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        let last = self.last.take();
+        let held = usize::from(last.is_some()) + self.rest.borrow().len();
+        self.last.set(last);
+        held
+    }
+
+    /// Drops every value the pool holds.
+    #[cfg(test)]
+    pub(crate) fn clear(&self) {
+        self.last.set(None);
+        self.rest.borrow_mut().clear();
+    }
+}
 
 /// Values a pool keeps at most: as many as a thread has requests in flight, up to this.
 const POOL_SIZE: usize = 16;
 
 /// A value from this thread's `pool`, if it holds one.
-#[inline]
-pub(crate) fn take<T: 'static>(pool: &'static Pool<T>) -> Option<T> {
-    pool.try_with(|pool| pool.try_borrow_mut().ok()?.pop())
-        .ok()
-        .flatten()
+#[inline(always)]
+pub(crate) fn take<T: 'static>(pool: &'static LocalKey<Pool<T>>) -> Option<T> {
+    pool.try_with(|pool| match pool.last.take() {
+        Some(value) => Some(value),
+        None => pool.rest.try_borrow_mut().ok()?.pop(),
+    })
+    .ok()
+    .flatten()
 }
 
 /// Gives `value` back to this thread's `pool`; it is dropped when the pool is full (or gone,
 /// as the thread ends).
-#[inline]
-pub(crate) fn give<T: 'static>(pool: &'static Pool<T>, value: T) {
+#[inline(always)]
+pub(crate) fn give<T: 'static>(pool: &'static LocalKey<Pool<T>>, value: T) {
     let _ = pool.try_with(|pool| {
-        if let Ok(mut pool) = pool.try_borrow_mut() {
-            if pool.len() < POOL_SIZE {
-                pool.push(value);
+        let Some(previous) = pool.last.replace(Some(value)) else {
+            return;
+        };
+        if let Ok(mut rest) = pool.rest.try_borrow_mut() {
+            if rest.len() < POOL_SIZE - 1 {
+                rest.push(previous);
             }
         }
     });

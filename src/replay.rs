@@ -1,7 +1,6 @@
 //! [`ReplayBody`]: the body the inner service is handed, captured as it streams so that a
 //! rejected request can be sent again byte for byte (trailers too), up to a limit.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -11,6 +10,8 @@ use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::local::Pool;
 
 /// A body as it was first sent, complete, ready to be sent again.
 #[derive(Default)]
@@ -38,7 +39,7 @@ pub(crate) struct Cell(Option<Arc<OnceLock<Captured>>>);
 
 thread_local! {
     /// Empty cells, taken by the next captured request instead of allocating.
-    static CELLS: RefCell<Vec<Arc<OnceLock<Captured>>>> = const { RefCell::new(Vec::new()) };
+    static CELLS: Pool<Arc<OnceLock<Captured>>> = const { Pool::new() };
 }
 
 impl Cell {
