@@ -11,7 +11,8 @@ use crate::local::Pool;
 ///
 /// Cloning is the obvious copy and not the cheapest: a `HeaderMap` clone allocates twice, and
 /// every header value or URI built at run time allocates again the first time its bytes are
-/// shared. Copying the bytes into one buffer costs one allocation, whatever the request.
+/// shared. Copying the bytes into one buffer from this thread's pool allocates nothing once
+/// the pool holds a buffer, whatever the request.
 pub(crate) struct Head {
     version: Version,
     extensions: Extensions,
@@ -77,8 +78,9 @@ impl Head {
     /// of 64 KiB or more (a URI and a header name are always shorter).
     ///
     /// A standard method and an http or https scheme are one byte each; codes and lengths
-    /// go first, in one write, then the bytes: a GET to an absolute URI with three headers is
-    /// nine writes into a buffer that is already large enough.
+    /// go first, in one write, then the authority and the path, then three writes a header
+    /// (its lengths and flag, its name, its value), into a buffer that is usually already
+    /// large enough.
     pub(crate) fn copy<B>(request: &Request<B>) -> Option<Self> {
         let uri = request.uri();
         let method = request.method();

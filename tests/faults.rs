@@ -1089,17 +1089,18 @@ async fn connection_reset_mid_body() {
 // Refresh under failure (§3, §6, §9)
 // ---------------------------------------------------------------------------------------------
 
+/// What `holding_a_token` gives: the fake, the layer, a client through it, the log of token
+/// fetches, and when the first fetch was sent.
+type Refreshing = (
+    FakeLengow,
+    LengowAuthLayer,
+    Authed<Full<Bytes>>,
+    FetchLog,
+    tokio::time::Instant,
+);
+
 /// A layer holding its first token, whose next `failures` fetches (its background refreshes)
 /// will be answered `status`.
-struct Refreshing {
-    fake: FakeLengow,
-    layer: LengowAuthLayer,
-    client: Authed<Full<Bytes>>,
-    log: FetchLog,
-    /// When the first fetch was sent.
-    t0: tokio::time::Instant,
-}
-
 async fn holding_a_token(
     lifetime: Duration,
     refresh_ahead: Duration,
@@ -1120,25 +1121,13 @@ async fn holding_a_token(
     for _ in 0..failures {
         fake.push_token_failure(TokenFailure::status(status));
     }
-    Refreshing {
-        fake,
-        layer,
-        client,
-        log,
-        t0,
-    }
+    (fake, layer, client, log, t0)
 }
 
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_token_then_serves_the_error_fast_after_expiry() {
     // Refresh 0.8–1 s in; the layer stops using the token 2.85 s in (5% margin).
-    let Refreshing {
-        fake,
-        layer,
-        client,
-        log,
-        t0,
-    } = holding_a_token(
+    let (fake, layer, client, log, t0) = holding_a_token(
         Duration::from_secs(3),
         Duration::from_secs(2),
         20,
@@ -1214,13 +1203,7 @@ async fn a_failed_refresh_keeps_the_token_then_serves_the_error_fast_after_expir
 async fn three_503s_at_refresh_time_fail_no_request() {
     // Long enough a life for the refresh to fail three times and still succeed before expiry
     // (0.2–1 s, then waits of at most 1, 2 and 4 s: at most 8 s of the 8.55 s usable).
-    let Refreshing {
-        fake,
-        layer,
-        client,
-        log,
-        t0,
-    } = holding_a_token(
+    let (fake, layer, client, log, t0) = holding_a_token(
         Duration::from_secs(9),
         Duration::from_secs(8),
         3,
