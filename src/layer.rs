@@ -166,7 +166,8 @@ pub(crate) struct Origin {
     https: bool,
     host: String,
     port: u16,
-    /// The authority as a request usually spells it: `host` and `host:port`.
+    /// The authority as a request usually spells it: `host:port`, and `host` alone when the
+    /// port is the scheme's default (else the second is empty, which no authority is).
     spellings: [String; 2],
 }
 
@@ -193,11 +194,14 @@ impl Origin {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let default_port = port == if https { 443 } else { 80 };
         let with_port = format!("{host}:{port}");
-        let spellings = if default_port {
-            [host.clone(), with_port]
-        } else {
-            [with_port.clone(), with_port]
-        };
+        let spellings = [
+            with_port,
+            if default_port {
+                host.clone()
+            } else {
+                String::new()
+            },
+        ];
         Ok(Self {
             https,
             host,
