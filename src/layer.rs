@@ -166,8 +166,8 @@ pub(crate) struct Origin {
     https: bool,
     host: String,
     port: u16,
-    /// The authority as a request usually spells it: `host:port`, and `host` alone when the
-    /// port is the scheme's default (else the second is empty, which no authority is).
+    /// The authority as a request usually spells it: `host` and `host:port` when the port is
+    /// the scheme's default, else `host:port` and an empty string, which no authority is.
     spellings: [String; 2],
 }
 
@@ -194,14 +194,11 @@ impl Origin {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let default_port = port == if https { 443 } else { 80 };
         let with_port = format!("{host}:{port}");
-        let spellings = [
-            with_port,
-            if default_port {
-                host.clone()
-            } else {
-                String::new()
-            },
-        ];
+        let spellings = if default_port {
+            [host.clone(), with_port]
+        } else {
+            [with_port, String::new()]
+        };
         Ok(Self {
             https,
             host,
