@@ -82,6 +82,9 @@ pub(crate) fn token(layer: u64, slot: &TokenSlot, wall: WallTime) -> Option<Send
 pub(crate) struct Pool<T> {
     last: Cell<Option<T>>,
     rest: RefCell<Vec<T>>,
+    /// Where a value goes that the pool cannot keep (the pool is full, or its thread has
+    /// ended); dropped when `None`.
+    retire: Option<fn(T)>,
 }
 
 impl<T> Pool<T> {
@@ -89,6 +92,22 @@ impl<T> Pool<T> {
         Self {
             last: Cell::new(None),
             rest: RefCell::new(Vec::new()),
+            retire: None,
+        }
+    }
+
+    /// A pool that hands the values it cannot keep to `retire` instead of dropping them.
+    pub(crate) const fn retiring(retire: fn(T)) -> Self {
+        Self {
+            last: Cell::new(None),
+            rest: RefCell::new(Vec::new()),
+            retire: Some(retire),
+        }
+    }
+
+    fn retire(&self, value: T) {
+        if let Some(retire) = self.retire {
+            retire(value);
         }
     }
 
@@ -123,18 +142,31 @@ pub(crate) fn take<T: 'static>(pool: &'static LocalKey<Pool<T>>) -> Option<T> {
     .flatten()
 }
 
-/// Gives `value` back to this thread's `pool`; it is dropped when the pool is full (or gone,
-/// as the thread ends).
+/// Gives `value` back to this thread's `pool`; when the pool is full it is retired. The value
+/// comes back when the pool is gone (its thread is ending).
 #[inline(always)]
-pub(crate) fn give<T: 'static>(pool: &'static LocalKey<Pool<T>>, value: T) {
+pub(crate) fn give<T: 'static>(pool: &'static LocalKey<Pool<T>>, value: T) -> Option<T> {
+    let mut value = Some(value);
     let _ = pool.try_with(|pool| {
-        let Some(previous) = pool.last.replace(Some(value)) else {
+        let Some(previous) = pool.last.replace(value.take()) else {
             return;
         };
-        if let Ok(mut rest) = pool.rest.try_borrow_mut() {
-            if rest.len() < POOL_SIZE - 1 {
-                rest.push(previous);
-            }
+        match pool.rest.try_borrow_mut() {
+            Ok(mut rest) if rest.len() < POOL_SIZE - 1 => rest.push(previous),
+            _ => pool.retire(previous),
         }
     });
+    value
+}
+
+impl<T> Drop for Pool<T> {
+    fn drop(&mut self) {
+        let Some(retire) = self.retire else {
+            return;
+        };
+        let last = self.last.take();
+        for value in last.into_iter().chain(self.rest.get_mut().drain(..)) {
+            retire(value);
+        }
+    }
 }

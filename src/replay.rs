@@ -1,9 +1,16 @@
 //! [`ReplayBody`]: the body the inner service is handed, captured as it streams so that a
 //! rejected request can be sent again byte for byte (trailers too), up to a limit.
+//!
+//! The body and the response future meet in a [`Slot`]: the body writes what it streams into
+//! it under the slot's lock, the future reads it back after a rejection. Slots are recycled,
+//! never freed, and neither side counts references: taking a slot and letting it go is a
+//! load and a store, and a body the inner service never reads makes no atomic
+//! read-modify-write at all.
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
@@ -13,78 +20,148 @@ use pin_project_lite::pin_project;
 
 use crate::local::Pool;
 
-/// A body as it was first sent, complete, ready to be sent again.
+/// A body is copied into its slot's own buffer while it stays within this many bytes;
+/// beyond, its chunks are kept by shared handle. A copy of a few hundred bytes costs less
+/// than sharing a chunk built from a `Vec` (an allocation and three atomic operations), and
+/// the buffer is reused by the slot's next request.
+const COPY_MAX: usize = 4096;
+
+/// Where a body's first send is kept for its replay.
+///
+/// A slot belongs to one request at a time, named by `generation`: the request's response
+/// future takes the slot, and lets it go by moving `generation` on. Its body may outlive the
+/// future and still be streaming when the slot has moved on to another request; it writes
+/// only under the lock, and only while `generation` is still its own, so what a future reads
+/// under the lock with its own generation was written by its own body.
+pub(crate) struct Slot {
+    generation: AtomicU64,
+    /// `kept` holds chunks shared with the caller's buffers, or trailers: memory that must
+    /// not outlive the request. Whoever lets the slot go then empties it.
+    retains: AtomicBool,
+    kept: Mutex<Kept>,
+}
+
+/// A body as far as it has been kept.
 #[derive(Default)]
-pub(crate) struct Captured {
-    // Most bodies come in one chunk: it is kept inline, and the vector allocates only for
-    // the second.
-    first: Option<Bytes>,
-    rest: Vec<Bytes>,
-    // Boxed: trailers are rare, and the body is moved with every request.
-    trailers: Option<Box<HeaderMap>>,
+struct Kept {
+    /// The request the bytes below are from.
+    generation: u64,
+    /// The body streamed to its end within the limit.
+    complete: bool,
+    /// The body's first bytes, copied (all of it, for a body within `COPY_MAX`).
+    copied: Vec<u8>,
+    /// What followed, by shared handle.
+    shared: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Kept {
+    /// Empties what another request left, keeping the copy buffer's room.
+    fn reset(&mut self, generation: u64) {
+        self.generation = generation;
+        self.complete = false;
+        self.copied.clear();
+        self.shared.clear();
+        self.trailers = None;
+    }
+}
+
+/// Slots no thread's pool holds: given back to a full pool, or left by a thread that ended.
+static SPARE: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Free slots, taken by the next request with a body.
+    static SLOTS: Pool<&'static Slot> = const { Pool::retiring(spare) };
+}
+
+fn spare(slot: &'static Slot) {
+    lock(&SPARE).push(slot);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // What is under these locks is consistent at every step: a panic cannot leave it half
+    // written.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Slot {
+    /// A free slot: from this thread's pool, the spare ones, or a new one. A new slot lives
+    /// as long as the process, so there are as many as there were ever requests with a body
+    /// in flight at once: about 100 bytes each, and the room of the last body copied into
+    /// it (under `2 * COPY_MAX`).
+    fn take() -> (&'static Slot, u64) {
+        let slot = crate::local::take(&SLOTS)
+            .or_else(|| lock(&SPARE).pop())
+            .unwrap_or_else(|| {
+                Box::leak(Box::new(Slot {
+                    generation: AtomicU64::new(1),
+                    retains: AtomicBool::new(false),
+                    kept: Mutex::default(),
+                }))
+            });
+        // Only the slot's owner moves its generation on, and this thread owns it now.
+        (slot, slot.generation.load(Ordering::Relaxed))
+    }
+
+    /// `kept`, if the slot still belongs to request `generation`.
+    fn kept(&self, generation: u64) -> Option<MutexGuard<'_, Kept>> {
+        let kept = lock(&self.kept);
+        (self.generation.load(Ordering::Acquire) == generation).then_some(kept)
+    }
 }
 
 /// Where a replay gets its body from.
 pub(crate) enum Source {
     /// The body was empty: the replay is empty too.
     Empty,
-    /// Filled once the first body has streamed to its end within the limit.
-    Capture(Cell),
+    /// What the body keeps in its slot as it streams.
+    Capture(Ticket),
 }
 
-/// The cell a captured body is published in, shared by the body and the response future.
-/// Most requests are not replayed, so the cell goes back to its thread's pool when the future
-/// is done with it and the body has gone: the next request takes it instead of allocating.
-pub(crate) struct Cell(Option<Arc<OnceLock<Captured>>>);
-
-thread_local! {
-    /// Empty cells, taken by the next captured request instead of allocating.
-    static CELLS: Pool<Arc<OnceLock<Captured>>> = const { Pool::new() };
+/// A response future's hold on a slot; the slot moves on to the next request when it drops.
+pub(crate) struct Ticket {
+    slot: &'static Slot,
+    generation: u64,
 }
 
-impl Cell {
-    /// An empty cell, from this thread's pool when it has one.
-    fn new() -> Self {
-        let pooled = crate::local::take(&CELLS);
-        Self(Some(pooled.unwrap_or_default()))
-    }
-
-    fn get(&self) -> Option<&Captured> {
-        self.0.as_ref()?.get()
-    }
-}
-
-impl Drop for Cell {
+impl Drop for Ticket {
     fn drop(&mut self) {
-        let Some(mut cell) = self.0.take() else {
-            return;
-        };
-        // Still held by a body somewhere: it is freed with the last handle.
-        let Some(captured) = Arc::get_mut(&mut cell) else {
-            return;
-        };
-        // The kept chunks go now; the empty cell waits for the next request.
-        drop(captured.take());
-        crate::local::give(&CELLS, cell);
+        let slot = self.slot;
+        if slot.retains.load(Ordering::Acquire) {
+            let mut kept = lock(&slot.kept);
+            if kept.generation <= self.generation {
+                kept.shared = Vec::new();
+                kept.trailers = None;
+                slot.retains.store(false, Ordering::Relaxed);
+            }
+        }
+        slot.generation
+            .store(self.generation + 1, Ordering::Release);
+        if let Some(slot) = crate::local::give(&SLOTS, slot) {
+            spare(slot);
+        }
     }
 }
 
 impl Source {
-    /// The body for the replay, if the first one was captured whole.
+    /// The body for the replay, if the first one was kept whole.
     pub(crate) fn replay<B>(&self) -> Option<ReplayBody<B>> {
         let state = match self {
             Source::Empty => State::Empty,
-            Source::Capture(cell) => {
-                let captured = cell.get()?;
+            Source::Capture(ticket) => {
+                let kept = ticket.slot.kept(ticket.generation)?;
+                if kept.generation != ticket.generation || !kept.complete {
+                    return None;
+                }
+                let copied =
+                    (!kept.copied.is_empty()).then(|| Bytes::copy_from_slice(&kept.copied));
                 State::Replay {
-                    chunks: captured
-                        .first
-                        .iter()
-                        .chain(&captured.rest)
-                        .cloned()
+                    chunks: copied
+                        .into_iter()
+                        .chain(kept.shared.iter().cloned())
                         .collect::<Vec<_>>()
                         .into_iter(),
-                    trailers: captured.trailers.clone(),
+                    trailers: kept.trailers.clone().map(Box::new),
                 }
             }
         };
@@ -92,13 +169,79 @@ impl Source {
     }
 }
 
+/// A body's hold on its request's slot while it is being kept.
+struct Keep {
+    slot: &'static Slot,
+    generation: u64,
+    len: usize,
+    limit: usize,
+}
+
+impl Keep {
+    /// Adds a frame of the body to the slot, and whether the body has ended with it; `false`
+    /// when the frame is not kept (the body went over the limit, or the slot has moved on as
+    /// its future is gone).
+    fn add(&mut self, frame: Option<&Frame<Bytes>>, end: bool) -> bool {
+        let data = frame.and_then(Frame::data_ref);
+        if let Some(data) = data {
+            self.len += data.len();
+            if self.len > self.limit {
+                tracing::trace!(
+                    limit = self.limit,
+                    "body over the replay limit: streaming it through"
+                );
+                return false;
+            }
+        }
+        let Some(mut kept) = self.slot.kept(self.generation) else {
+            return false;
+        };
+        if kept.generation != self.generation {
+            kept.reset(self.generation);
+        }
+        if let Some(data) = data {
+            if kept.shared.is_empty() && kept.copied.len() + data.len() <= COPY_MAX {
+                kept.copied.extend_from_slice(data);
+            } else {
+                if !kept.copied.is_empty() && kept.shared.is_empty() {
+                    // Over the copy size: what was copied becomes the first shared chunk.
+                    let first = Bytes::copy_from_slice(&kept.copied);
+                    kept.copied.clear();
+                    kept.shared.push(first);
+                }
+                kept.shared.push(data.clone());
+                self.slot.retains.store(true, Ordering::Release);
+            }
+        }
+        if let Some(trailers) = frame.and_then(Frame::trailers_ref) {
+            kept.trailers = Some(trailers.clone());
+            self.slot.retains.store(true, Ordering::Release);
+        }
+        kept.complete = end;
+        true
+    }
+
+    /// Stops keeping and lets go of what was kept: the body cannot be replayed.
+    fn abandon(keep: &mut Option<Self>) {
+        let Some(keeping) = keep.take() else {
+            return;
+        };
+        if let Some(mut kept) = keeping.slot.kept(keeping.generation) {
+            if kept.generation == keeping.generation {
+                kept.reset(keeping.generation);
+            }
+        }
+    }
+}
+
 pin_project! {
     /// The request body the inner service receives.
     ///
-    /// On the first send it streams the caller's body through unchanged, keeping a shared
-    /// handle (not a copy) on each chunk while the total stays within `replay_body_limit`;
-    /// a larger body is let go and streams through unbuffered. On a replay it yields the kept
-    /// chunks and trailers again. It is `Send`, and `Unpin` when the caller's body is.
+    /// On the first send it streams the caller's body through unchanged, keeping each chunk
+    /// (a copy of a small body, a shared handle on a larger one's chunks) while the total
+    /// stays within `replay_body_limit`; a larger body is let go and streams through
+    /// unbuffered. On a replay it yields the kept chunks and trailers again. It is `Send`,
+    /// and `Unpin` when the caller's body is.
     pub struct ReplayBody<B> {
         #[pin]
         state: State<B>,
@@ -112,11 +255,8 @@ pin_project! {
         Live {
             #[pin]
             body: B,
-            // The chunks seen so far; `None` once over the limit, or when not capturing.
-            kept: Option<Captured>,
-            len: usize,
-            limit: usize,
-            done: Option<Arc<OnceLock<Captured>>>,
+            // `None` once over the limit, or when not keeping.
+            keep: Option<Keep>,
         },
         Replay {
             chunks: std::vec::IntoIter<Bytes>,
@@ -141,27 +281,25 @@ impl<B: Body> ReplayBody<B> {
         if body.size_hint().lower() > limit as u64 {
             return (Self::passthrough(body), None);
         }
-        let cell = Cell::new();
-        let state = State::Live {
-            body,
-            kept: Some(Captured::default()),
+        let (slot, generation) = Slot::take();
+        let keep = Keep {
+            slot,
+            generation,
             len: 0,
             limit,
-            done: cell.0.clone(),
         };
-        (Self { state }, Some(Source::Capture(cell)))
+        let state = State::Live {
+            body,
+            keep: Some(keep),
+        };
+        let ticket = Ticket { slot, generation };
+        (Self { state }, Some(Source::Capture(ticket)))
     }
 
     /// Wraps `body` to stream through without being kept.
     pub(crate) fn passthrough(body: B) -> Self {
         Self {
-            state: State::Live {
-                body,
-                kept: None,
-                len: 0,
-                limit: 0,
-                done: None,
-            },
+            state: State::Live { body, keep: None },
         }
     }
 }
@@ -183,61 +321,41 @@ where
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
                 None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t)))),
             },
-            StateProj::Live {
-                mut body,
-                kept,
-                len,
-                limit,
-                done,
-            } => {
+            StateProj::Live { mut body, keep } => {
                 let frame = match ready!(body.as_mut().poll_frame(cx)) {
                     None => {
-                        finish(kept, done);
+                        if let Some(mut keeping) = keep.take() {
+                            keeping.add(None, true);
+                        }
                         return Poll::Ready(None);
                     }
+                    // A body that failed cannot be replayed.
                     Some(Err(e)) => {
-                        // A body that failed cannot be replayed.
-                        *kept = None;
+                        Keep::abandon(keep);
                         return Poll::Ready(Some(Err(e)));
                     }
                     Some(Ok(frame)) => frame,
                 };
                 let frame = match frame.into_data() {
-                    Ok(mut data) => {
-                        let bytes = data.copy_to_bytes(data.remaining());
-                        *len += bytes.len();
-                        if *len > *limit {
-                            if kept.take().is_some() {
-                                tracing::trace!(
-                                    limit = *limit,
-                                    "body over the replay limit: streaming it through"
-                                );
-                            }
-                        } else if let Some(kept) = kept.as_mut() {
-                            match kept.first {
-                                None => kept.first = Some(bytes.clone()),
-                                Some(_) => kept.rest.push(bytes.clone()),
-                            }
-                        }
-                        Frame::data(bytes)
-                    }
+                    Ok(mut data) => Frame::data(data.copy_to_bytes(data.remaining())),
                     Err(frame) => match frame.into_trailers() {
-                        Ok(trailers) => {
-                            if let Some(kept) = kept.as_mut() {
-                                kept.trailers = Some(Box::new(trailers.clone()));
-                            }
-                            Frame::trailers(trailers)
-                        }
+                        Ok(trailers) => Frame::trailers(trailers),
                         // A frame kind this crate does not know cannot be replayed.
                         Err(_) => {
-                            *kept = None;
+                            Keep::abandon(keep);
                             return Poll::Ready(None);
                         }
                     },
                 };
                 // hyper stops polling once the body says it has ended.
-                if body.is_end_stream() {
-                    finish(kept, done);
+                let end = body.is_end_stream();
+                if let Some(keeping) = keep {
+                    if !keeping.add(Some(&frame), end) {
+                        Keep::abandon(keep);
+                    }
+                }
+                if end {
+                    *keep = None;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -263,19 +381,12 @@ where
     }
 }
 
-/// Publishes the kept body once it has streamed whole.
-fn finish(kept: &mut Option<Captured>, done: &mut Option<Arc<OnceLock<Captured>>>) {
-    if let (Some(captured), Some(cell)) = (kept.take(), done.take()) {
-        let _ = cell.set(captured);
-    }
-}
-
 impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Empty => "empty",
-            State::Live { kept: Some(_), .. } => "first send, kept for replay",
-            State::Live { kept: None, .. } => "streaming through",
+            State::Live { keep: Some(_), .. } => "first send, kept for replay",
+            State::Live { keep: None, .. } => "streaming through",
             State::Replay { .. } => "replay",
         };
         f.debug_struct("ReplayBody").field("state", &state).finish()
@@ -285,6 +396,7 @@ impl<B> fmt::Debug for ReplayBody<B> {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
+    use std::sync::mpsc;
 
     use proptest::prelude::*;
 
@@ -390,24 +502,32 @@ mod tests {
         assert_eq!(drain(first).0.len(), 100);
     }
 
-    #[test]
-    fn bytes_are_shared_not_copied() {
-        let chunk = Bytes::from(vec![1u8; 1024]);
-        let body = http_body_util::Full::new(chunk.clone());
-        let (first, source) = ReplayBody::capture(body, 4096);
-        drain(first);
-        let replay = source
-            .unwrap()
-            .replay::<http_body_util::Full<Bytes>>()
-            .unwrap();
+    fn first_chunk<B: Body<Data = Bytes> + Unpin>(body: B) -> Bytes {
+        let mut body = Box::pin(body);
         let waker = std::task::Waker::noop();
-        let mut replay = Box::pin(replay);
         let Poll::Ready(Some(Ok(frame))) =
-            replay.as_mut().poll_frame(&mut Context::from_waker(waker))
+            body.as_mut().poll_frame(&mut Context::from_waker(waker))
         else {
             panic!("a data frame")
         };
-        assert_eq!(frame.into_data().unwrap().as_ptr(), chunk.as_ptr());
+        frame.into_data().unwrap()
+    }
+
+    #[test]
+    fn a_small_body_is_copied_and_a_large_one_shared() {
+        for (len, shared) in [(COPY_MAX, false), (COPY_MAX + 1, true)] {
+            let chunk = Bytes::from(vec![1u8; len]);
+            let body = http_body_util::Full::new(chunk.clone());
+            let (first, source) = ReplayBody::capture(body, 2 * COPY_MAX);
+            assert_eq!(first_chunk(first).as_ptr(), chunk.as_ptr(), "sent as it is");
+            let replay = source
+                .unwrap()
+                .replay::<http_body_util::Full<Bytes>>()
+                .unwrap();
+            let again = first_chunk(replay);
+            assert_eq!(again, chunk);
+            assert_eq!(again.as_ptr() == chunk.as_ptr(), shared, "{len}");
+        }
     }
 
     #[test]
@@ -418,9 +538,9 @@ mod tests {
         assert!(replay.is_some_and(|r| r.is_end_stream()));
     }
 
-    fn cell_of(source: &Option<Source>) -> *const OnceLock<Captured> {
+    fn slot_of(source: &Option<Source>) -> *const Slot {
         match source {
-            Some(Source::Capture(cell)) => Arc::as_ptr(cell.0.as_ref().unwrap()),
+            Some(Source::Capture(ticket)) => ticket.slot,
             _ => panic!("a body within the limit is captured"),
         }
     }
@@ -430,25 +550,88 @@ mod tests {
         Some(drain(body).0)
     }
 
+    fn full(s: &'static str) -> http_body_util::Full<Bytes> {
+        http_body_util::Full::new(Bytes::from_static(s.as_bytes()))
+    }
+
     #[test]
-    fn a_cell_is_reused_empty_and_only_once_its_body_is_gone() {
-        let full = |s: &'static str| http_body_util::Full::new(Bytes::from_static(s.as_bytes()));
+    fn a_slot_moves_on_when_its_future_is_done_and_a_late_body_writes_nothing() {
         let (body, first) = ReplayBody::capture(full("first"), 64);
-        let cell = cell_of(&first);
+        let slot = slot_of(&first);
         drain(body);
         assert_eq!(replayed(&first).as_deref(), Some(&b"first"[..]));
         drop(first);
 
-        // The same cell, empty: nothing to replay until this body has ended.
+        // The same slot, for the next request: nothing to replay until its body has ended.
         let (body, second) = ReplayBody::capture(full("second"), 64);
-        assert_eq!(cell_of(&second), cell);
+        assert_eq!(slot_of(&second), slot);
         assert_eq!(replayed(&second), None);
-        // Dropped while its body still streams: the cell stays with the body.
+        // Its future is done while the body still streams: the slot moves on at once.
         drop(second);
         let (third_body, third) = ReplayBody::capture(full("third"), 64);
-        assert_ne!(cell_of(&third), cell);
-        drain(body);
+        assert_eq!(slot_of(&third), slot);
         drain(third_body);
         assert_eq!(replayed(&third).as_deref(), Some(&b"third"[..]));
+        // The second body ends late, after the third: it must not overwrite it.
+        drain(body);
+        assert_eq!(replayed(&third).as_deref(), Some(&b"third"[..]));
+    }
+
+    #[test]
+    fn shared_chunks_and_trailers_are_let_go_with_the_future() {
+        let chunk = Bytes::from(vec![9u8; COPY_MAX + 1]);
+        let mut frames = VecDeque::from([Frame::data(chunk.clone())]);
+        frames.push_back(Frame::trailers(trailers()));
+        let body = Scripted {
+            frames,
+            fail: false,
+            tell_end: true,
+        };
+        let (first, source) = ReplayBody::capture(body, 2 * COPY_MAX);
+        drain(Box::pin(first));
+        assert!(!chunk.is_unique(), "the slot holds it");
+        drop(source);
+        assert!(chunk.is_unique(), "let go with the future");
+    }
+
+    #[test]
+    fn slots_are_recycled_across_threads_and_each_replay_is_its_own_body() {
+        // Bodies are drained on another thread, some only after their future is gone, while
+        // this thread keeps taking slots again: every replay must be the body it was made for.
+        let (to_drain, bodies) = mpsc::channel::<(ReplayBody<_>, mpsc::Sender<()>)>();
+        let drainer = std::thread::spawn(move || {
+            for (body, done) in bodies {
+                drain(Box::pin(body));
+                let _ = done.send(());
+            }
+        });
+        let drain_there = |body| {
+            let (done, drained) = mpsc::channel();
+            to_drain.send((body, done)).unwrap();
+            drained.recv().unwrap();
+        };
+        let mut late = None;
+        let mut checked = 0;
+        for i in 0..2000u32 {
+            let text = format!("request {i}").repeat(1 + (i as usize % 5) * 200);
+            let body = http_body_util::Full::new(Bytes::from(text.clone()));
+            let (body, source) = ReplayBody::capture(body, 64 * 1024);
+            if i % 3 == 0 {
+                // Its future is gone before its body streams: the slot moves on under it.
+                drop(source);
+                late = Some(body);
+                continue;
+            }
+            drain_there(body);
+            // The late body streams after the next request's body has ended.
+            if let Some(body) = late.take() {
+                drain_there(body);
+            }
+            assert_eq!(replayed(&source).as_deref(), Some(text.as_bytes()), "{i}");
+            checked += 1;
+        }
+        drop(to_drain);
+        drainer.join().unwrap();
+        assert_eq!(checked, 1333);
     }
 }
