@@ -34,8 +34,9 @@ pub(crate) struct Sending {
 /// The current token of layer `layer` if it may be sent now, from this thread's copy.
 ///
 /// The copy is checked against the slot's generation (one atomic load, no reference count) and
-/// renewed from the slot when a new token is in. Its header is this thread's own: cloning the
-/// token's shared header would bump one reference count from every thread.
+/// renewed from the slot when a new token is in. A static header (see `token::header`) is
+/// cloned as it is; a counted one is copied into this thread's own, as cloning the token's
+/// shared header would bump one reference count from every thread.
 #[inline]
 pub(crate) fn token(layer: u64, slot: &TokenSlot, wall: WallTime) -> Option<Sending> {
     let generation = slot.generation();
@@ -59,8 +60,13 @@ pub(crate) fn token(layer: u64, slot: &TokenSlot, wall: WallTime) -> Option<Send
                 }
                 _ => {
                     let token = slot.load_full()?;
-                    let mut header = HeaderValue::from_bytes(token.header.as_bytes()).ok()?;
-                    header.set_sensitive(true);
+                    let header = if token.static_header {
+                        token.header.clone()
+                    } else {
+                        let mut own = HeaderValue::from_bytes(token.header.as_bytes()).ok()?;
+                        own.set_sensitive(true);
+                        own
+                    };
                     let local = entry.insert(LocalToken {
                         layer,
                         token,

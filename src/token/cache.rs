@@ -290,17 +290,16 @@ impl Cache {
         }
     }
 
-    /// The `Authorization` value for a token: raw, or `Bearer <token>` if asked; sensitive.
-    fn header_value(&self, token: &str) -> Result<HeaderValue, Error> {
-        let value = if self.config.bearer {
-            HeaderValue::try_from(format!("Bearer {token}"))
+    /// The `Authorization` value for a token: raw, or `Bearer <token>` if asked; sensitive;
+    /// and whether it is static.
+    fn header_value(&self, token: &str) -> Result<(HeaderValue, bool), Error> {
+        let text = if self.config.bearer {
+            format!("Bearer {token}")
         } else {
-            HeaderValue::try_from(token)
+            token.to_owned()
         };
-        let mut value =
-            value.map_err(|_| Error::malformed("`token` is not a valid header value"))?;
-        value.set_sensitive(true);
-        Ok(value)
+        super::header::sensitive(text)
+            .ok_or_else(|| Error::malformed("`token` is not a valid header value"))
     }
 
     /// How long a failure is served before the next fetch: the backoff (1 s doubling to

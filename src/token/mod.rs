@@ -5,6 +5,7 @@ mod cache;
 mod clock;
 mod credentials;
 mod fetch;
+mod header;
 mod response;
 
 use std::fmt;
@@ -35,6 +36,8 @@ impl fmt::Debug for Redacted {
 pub(crate) struct Token {
     /// `Authorization` value: the raw token (or `Bearer <token>`), marked sensitive.
     pub(crate) header: HeaderValue,
+    /// `header` is over static bytes (see `header.rs`): its clones share no count.
+    pub(crate) static_header: bool,
     pub(crate) account_id: u64,
     pub(crate) user_id: Option<u64>,
     /// Counts tokens this layer has held; a rejection names the generation it rejected.
@@ -62,7 +65,7 @@ impl Token {
     /// A token fetched at `asked`, usable until a safety margin before its assumed expiry,
     /// to be refreshed `refresh_ahead` (less up to 10% jitter) before that expiry.
     fn new(
-        header: HeaderValue,
+        (header, static_header): (HeaderValue, bool),
         answer: &response::TokenAnswer,
         generation: u64,
         asked: Asked,
@@ -80,6 +83,7 @@ impl Token {
             .min(usable);
         Self {
             header,
+            static_header,
             account_id: answer.account_id,
             user_id: answer.user_id,
             generation,
