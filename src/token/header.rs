@@ -57,7 +57,7 @@ mod tests {
         assert_eq!(kept.load(Ordering::Relaxed), 40);
         let (_, is_static) = keep("b".repeat(60), &kept, 100).unwrap();
         assert!(is_static, "exactly at the budget");
-        let (third, is_static) = keep("c".repeat(1), &kept, 100).unwrap();
+        let (third, is_static) = keep("c".to_owned(), &kept, 100).unwrap();
         assert!(!is_static, "over the budget: counted, not kept");
         assert!(third.is_sensitive());
         assert_eq!(third, "c");
