@@ -2,7 +2,7 @@
 //! cache line: each thread's own copy of the token and of its header, and the pools the hot
 //! path reuses its buffers from instead of allocating.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::sync::Arc;
 use std::thread::LocalKey;
 
@@ -88,33 +88,51 @@ pub(crate) fn token(layer: u64, slot: &TokenSlot, wall: WallTime) -> Option<Send
 pub(crate) struct Pool<T> {
     last: Cell<Option<T>>,
     rest: RefCell<Vec<T>>,
-    /// Where a value goes that the pool cannot keep (the pool is full, or its thread has
-    /// ended); dropped when `None`.
-    retire: Option<fn(T)>,
+    /// The most values the pool holds.
+    max: usize,
+    /// Where the values go that the pool cannot keep, in batches: all it holds when it is
+    /// full, or when its thread ends. They are dropped when `None`.
+    retire: Option<fn(Vec<T>)>,
 }
+
+/// Values a pool keeps at most by default: as many as a thread has requests in flight, up to
+/// this.
+const POOL_SIZE: usize = 16;
 
 impl<T> Pool<T> {
     pub(crate) const fn new() -> Self {
         Self {
             last: Cell::new(None),
             rest: RefCell::new(Vec::new()),
+            max: POOL_SIZE,
             retire: None,
         }
     }
 
-    /// A pool that hands the values it cannot keep to `retire` instead of dropping them.
-    pub(crate) const fn retiring(retire: fn(T)) -> Self {
+    /// A pool of up to `max` values (at least 2) that hands those it cannot keep to
+    /// `retire`, many at a time, instead of dropping them.
+    pub(crate) const fn retiring(max: usize, retire: fn(Vec<T>)) -> Self {
+        assert!(max >= 2);
         Self {
             last: Cell::new(None),
             rest: RefCell::new(Vec::new()),
+            max,
             retire: Some(retire),
         }
     }
 
-    fn retire(&self, value: T) {
-        if let Some(retire) = self.retire {
-            retire(value);
-        }
+    /// `value` does not fit in the pool (`rest` is full, or borrowed when `None`): it is
+    /// dropped, or retired with all the pool held.
+    #[cold]
+    fn overflow(&self, rest: Option<RefMut<'_, Vec<T>>>, value: T) {
+        let Some(retire) = self.retire else {
+            return;
+        };
+        let full = match rest {
+            Some(mut rest) => std::mem::replace(&mut *rest, vec![value]),
+            None => vec![value],
+        };
+        retire(full);
     }
 
     /// How many values the pool holds.
@@ -134,9 +152,6 @@ impl<T> Pool<T> {
     }
 }
 
-/// Values a pool keeps at most: as many as a thread has requests in flight, up to this.
-const POOL_SIZE: usize = 16;
-
 /// A value from this thread's `pool`, if it holds one.
 #[inline(always)]
 pub(crate) fn take<T: 'static>(pool: &'static LocalKey<Pool<T>>) -> Option<T> {
@@ -148,8 +163,9 @@ pub(crate) fn take<T: 'static>(pool: &'static LocalKey<Pool<T>>) -> Option<T> {
     .flatten()
 }
 
-/// Gives `value` back to this thread's `pool`; when the pool is full it is retired. The value
-/// comes back when the pool is gone (its thread is ending).
+/// Gives `value` back to this thread's `pool`. When the pool is full, what it held goes to
+/// its retiring function in one batch (or is dropped). The value comes back when the pool is
+/// gone (its thread is ending).
 #[inline(always)]
 pub(crate) fn give<T: 'static>(pool: &'static LocalKey<Pool<T>>, value: T) -> Option<T> {
     let mut value = Some(value);
@@ -158,8 +174,9 @@ pub(crate) fn give<T: 'static>(pool: &'static LocalKey<Pool<T>>, value: T) -> Op
             return;
         };
         match pool.rest.try_borrow_mut() {
-            Ok(mut rest) if rest.len() < POOL_SIZE - 1 => rest.push(previous),
-            _ => pool.retire(previous),
+            Ok(mut rest) if rest.len() < pool.max - 1 => rest.push(previous),
+            Ok(rest) => pool.overflow(Some(rest), previous),
+            Err(_) => pool.overflow(None, previous),
         }
     });
     value
@@ -170,9 +187,47 @@ impl<T> Drop for Pool<T> {
         let Some(retire) = self.retire else {
             return;
         };
-        let last = self.last.take();
-        for value in last.into_iter().chain(self.rest.get_mut().drain(..)) {
-            retire(value);
+        let mut all = std::mem::take(self.rest.get_mut());
+        all.extend(self.last.take());
+        if !all.is_empty() {
+            retire(all);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    static RETIRED: Mutex<Vec<Vec<u32>>> = Mutex::new(Vec::new());
+
+    fn retire(values: Vec<u32>) {
+        RETIRED.lock().unwrap().push(values);
+    }
+
+    thread_local! {
+        static NUMBERS: Pool<u32> = const { Pool::retiring(4, retire) };
+    }
+
+    #[test]
+    fn a_retiring_pool_hands_on_what_it_cannot_keep_in_batches_and_all_it_holds_at_its_end() {
+        std::thread::spawn(|| {
+            for n in 0..6 {
+                assert_eq!(give(&NUMBERS, n), None);
+            }
+            assert_eq!(NUMBERS.with(Pool::len), 3);
+        })
+        .join()
+        .unwrap();
+        let retired = std::mem::take(&mut *RETIRED.lock().unwrap());
+        // Full at the fifth value: the three before the last given went in one batch; the
+        // rest when the thread ended. Nothing was dropped.
+        assert_eq!(retired.len(), 2, "{retired:?}");
+        let mut all: Vec<u32> = retired.concat();
+        all.sort_unstable();
+        assert_eq!(all, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(retired[0].len(), 3);
     }
 }

@@ -67,15 +67,24 @@ impl Kept {
 }
 
 /// Slots no thread's pool holds: given back to a full pool, or left by a thread that ended.
+/// Threads take from it and give to it `SLOT_BATCH` or more at a time, so that requests made
+/// on one thread and done on another (a task spawned elsewhere) lock it once per batch.
 static SPARE: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
+
+/// The most free slots a thread's pool holds.
+const SLOT_POOL: usize = 256;
+/// How many slots a thread takes from the spare ones (or makes) when its pool is empty.
+const SLOT_BATCH: usize = 32;
 
 thread_local! {
     /// Free slots, taken by the next request with a body.
-    static SLOTS: Pool<&'static Slot> = const { Pool::retiring(spare) };
+    static SLOTS: Pool<&'static Slot> = const { Pool::retiring(SLOT_POOL, spare) };
 }
 
-fn spare(slot: &'static Slot) {
-    lock(&SPARE).push(slot);
+fn spare(slots: Vec<&'static Slot>) {
+    #[cfg(test)]
+    tests::SPARE_LOCKS.fetch_add(1, Ordering::Relaxed);
+    lock(&SPARE).extend(slots);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -85,22 +94,50 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Slot {
-    /// A free slot: from this thread's pool, the spare ones, or a new one. A new slot lives
-    /// as long as the process, so there are as many as there were ever requests with a body
-    /// in flight at once: about 100 bytes each, and the room of the last body copied into
-    /// it (under `2 * COPY_MAX`).
+    /// A free slot, and the generation it is at.
+    #[inline]
     fn take() -> (&'static Slot, u64) {
-        let slot = crate::local::take(&SLOTS)
-            .or_else(|| lock(&SPARE).pop())
-            .unwrap_or_else(|| {
-                Box::leak(Box::new(Slot {
-                    generation: AtomicU64::new(1),
-                    retains: AtomicBool::new(false),
-                    kept: Mutex::default(),
-                }))
-            });
+        let slot = crate::local::take(&SLOTS).unwrap_or_else(Slot::refill);
         // Only the slot's owner moves its generation on, and this thread owns it now.
         (slot, slot.generation.load(Ordering::Relaxed))
+    }
+
+    /// Fills this thread's empty pool with a batch of spare slots, or of new ones, and takes
+    /// one. A new slot lives as long as the process, so there are as many as there were ever
+    /// requests with a body in flight at once (rounded up to a batch): about 100 bytes each,
+    /// and the room of the last body copied into it (under `2 * COPY_MAX`).
+    #[cold]
+    fn refill() -> &'static Slot {
+        #[cfg(test)]
+        tests::SPARE_LOCKS.fetch_add(1, Ordering::Relaxed);
+        let mut batch = {
+            let mut spare = lock(&SPARE);
+            let from = spare.len().saturating_sub(SLOT_BATCH);
+            spare.split_off(from)
+        };
+        if batch.is_empty() {
+            #[cfg(test)]
+            tests::SLOTS_MADE.fetch_add(SLOT_BATCH, Ordering::Relaxed);
+            let made: &'static [Slot] = Box::leak((0..SLOT_BATCH).map(|_| Slot::new()).collect());
+            batch.extend(made);
+        }
+        let slot = batch
+            .pop()
+            .unwrap_or_else(|| Box::leak(Box::new(Slot::new())));
+        for extra in batch {
+            if let Some(extra) = crate::local::give(&SLOTS, extra) {
+                spare(vec![extra]);
+            }
+        }
+        slot
+    }
+
+    fn new() -> Self {
+        Slot {
+            generation: AtomicU64::new(1),
+            retains: AtomicBool::new(false),
+            kept: Mutex::default(),
+        }
     }
 
     /// `kept`, if the slot still belongs to request `generation`.
@@ -138,7 +175,7 @@ impl Drop for Ticket {
         slot.generation
             .store(self.generation + 1, Ordering::Release);
         if let Some(slot) = crate::local::give(&SLOTS, slot) {
-            spare(slot);
+            spare(vec![slot]);
         }
     }
 }
@@ -269,6 +306,7 @@ impl<B: Body> ReplayBody<B> {
     /// Wraps `body` for its first send, capturing it for a replay when `limit` allows; the
     /// [`Source`] is what the replay is made from. A body too large by its size hint is not
     /// captured at all.
+    #[inline]
     pub(crate) fn capture(body: B, limit: usize) -> (Self, Option<Source>) {
         if body.is_end_stream() {
             return (
@@ -396,11 +434,16 @@ impl<B> fmt::Debug for ReplayBody<B> {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
+    use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
 
     use proptest::prelude::*;
 
     use super::*;
+
+    /// Times the spare slots were locked, and slots made, by every test of the process.
+    pub(super) static SPARE_LOCKS: AtomicUsize = AtomicUsize::new(0);
+    pub(super) static SLOTS_MADE: AtomicUsize = AtomicUsize::new(0);
 
     /// A body that yields scripted frames, optionally failing after them, and says it has
     /// ended as soon as its last frame is out (as `Full` does, so hyper stops polling).
@@ -633,5 +676,31 @@ mod tests {
         drop(to_drain);
         drainer.join().unwrap();
         assert_eq!(checked, 1333);
+    }
+
+    #[test]
+    fn slots_taken_on_one_thread_and_let_go_on_another_pass_in_batches() {
+        // Every request is made here and done on another thread (as a task spawned elsewhere
+        // is): this thread's pool empties and the other's fills, so slots go round through
+        // the spare ones. They must go in batches, and be reused, not made again.
+        const REQUESTS: usize = 20_000;
+        let (done, sources) = mpsc::sync_channel::<Option<Source>>(64);
+        let other = std::thread::spawn(move || sources.into_iter().for_each(drop));
+        let locks = SPARE_LOCKS.load(Ordering::Relaxed);
+        let made = SLOTS_MADE.load(Ordering::Relaxed);
+        for _ in 0..REQUESTS {
+            let (body, source) = ReplayBody::capture(full("x"), 64);
+            drop(body);
+            done.send(source).unwrap();
+        }
+        drop(done);
+        other.join().unwrap();
+        let locks = SPARE_LOCKS.load(Ordering::Relaxed) - locks;
+        let made = SLOTS_MADE.load(Ordering::Relaxed) - made;
+        // One lock per batch taken (32 slots) and per pool emptied (255): under one lock per
+        // 16 requests. Other tests add a few.
+        assert!(locks <= REQUESTS / 16 + 64, "{locks} locks");
+        // In flight at once: the channel's 64, the other thread's pool (256), a batch here.
+        assert!(made <= 1024, "{made} slots made");
     }
 }
