@@ -1,6 +1,6 @@
 //! Per-thread state of the hot path, so that requests on different threads write to no shared
-//! cache line: each thread's own copy of the token and of its header, and the pools the hot
-//! path reuses its buffers from instead of allocating.
+//! cache line: each thread's own copy of the token (and of its header, unless that is static),
+//! and the pools the hot path reuses its buffers and body slots from instead of allocating.
 
 use std::cell::{Cell, RefCell, RefMut};
 use std::sync::Arc;

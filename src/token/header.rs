@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 /// The most bytes the process keeps for token headers.
-pub(crate) const STATIC_MAX: usize = 1 << 20;
+const STATIC_MAX: usize = 1 << 20;
 
 /// Bytes kept so far, by every layer of the process.
 static KEPT: AtomicUsize = AtomicUsize::new(0);
