@@ -18,8 +18,9 @@ pub(crate) struct Head {
     extensions: Extensions,
     /// The method's code and the scheme's (1 byte each), the lengths of the spelled-out
     /// method, spelled-out scheme, authority and path (2 bytes each), then their bytes.
-    /// Then for each header but `Authorization`: the name's length (2 bytes), the value's
-    /// length (4 bytes), whether the value is sensitive (1 byte), the name, the value.
+    /// Then for each header but `Authorization`: the name's length, or its code for a name in
+    /// `NAMES` (2 bytes), the value's length (4 bytes), the flags (1 byte: sensitive, name
+    /// coded), the name unless coded, the value.
     /// Taken from this thread's pool, and given back to it when the head is dropped unused.
     bytes: Vec<u8>,
 }
@@ -38,6 +39,20 @@ const METHODS: [Method; 9] = [
     Method::CONNECT,
     Method::TRACE,
 ];
+/// Header names a head stores as a code (their place here) instead of spelled out: the ones
+/// Lengow requests carry most.
+const NAMES: [HeaderName; 8] = [
+    header::ACCEPT,
+    header::CONTENT_TYPE,
+    header::USER_AGENT,
+    header::ACCEPT_ENCODING,
+    header::ACCEPT_LANGUAGE,
+    header::CONTENT_LENGTH,
+    header::HOST,
+    header::COOKIE,
+];
+/// A header's flag byte: the value is sensitive (bit 0), the name is a code (bit 1).
+const NAME_CODED: u8 = 2;
 /// The scheme's code: none (a path-only URI), https, http, or another, spelled out.
 const SCHEME_NONE: u8 = 0;
 const SCHEME_HTTPS: u8 = 1;
@@ -79,7 +94,7 @@ impl Head {
     ///
     /// A standard method and an http or https scheme are one byte each; codes and lengths
     /// go first, in one write, then the authority and the path, then three writes a header
-    /// (its lengths and flag, its name, its value), into a buffer that is usually already
+    /// (its lengths and flags, its name, its value; two for a name in `NAMES`), into a buffer that is usually already
     /// large enough.
     pub(crate) fn copy<B>(request: &Request<B>) -> Option<Self> {
         let uri = request.uri();
@@ -128,9 +143,15 @@ impl Head {
             if name == header::AUTHORIZATION {
                 continue;
             }
-            let name = name.as_str().as_bytes();
             let value_len = (value.len() as u32).to_le_bytes();
-            let name_len = (name.len() as u16).to_le_bytes();
+            let sensitive = u8::from(value.is_sensitive());
+            let (name_len, flags, spelled) = match NAMES.iter().position(|known| known == name) {
+                Some(code) => ((code as u16).to_le_bytes(), sensitive | NAME_CODED, &[][..]),
+                None => {
+                    let spelled = name.as_str().as_bytes();
+                    ((spelled.len() as u16).to_le_bytes(), sensitive, spelled)
+                }
+            };
             bytes.extend_from_slice(&[
                 name_len[0],
                 name_len[1],
@@ -138,9 +159,11 @@ impl Head {
                 value_len[1],
                 value_len[2],
                 value_len[3],
-                u8::from(value.is_sensitive()),
+                flags,
             ]);
-            bytes.extend_from_slice(name);
+            if !spelled.is_empty() {
+                bytes.extend_from_slice(spelled);
+            }
             bytes.extend_from_slice(value.as_bytes());
         }
         Some(Self {
@@ -183,14 +206,15 @@ impl Head {
         while !rest.is_empty() {
             let name_len = usize::from(rest.get_u16_le());
             let value_len = rest.get_u32_le() as usize;
-            let sensitive = rest.get_u8() == 1;
-            let name = rest.split_to(name_len);
+            let flags = rest.get_u8();
+            let name = if flags & NAME_CODED != 0 {
+                NAMES.get(name_len).cloned().ok_or(())
+            } else {
+                HeaderName::from_bytes(&rest.split_to(name_len)).map_err(|_| ())
+            };
             let value = rest.split_to(value_len);
-            if let (Ok(name), Ok(mut value)) = (
-                HeaderName::from_bytes(&name),
-                HeaderValue::from_maybe_shared(value),
-            ) {
-                value.set_sensitive(sensitive);
+            if let (Ok(name), Ok(mut value)) = (name, HeaderValue::from_maybe_shared(value)) {
+                value.set_sensitive(flags & 1 == 1);
                 headers.append(name, value);
             }
         }
@@ -236,6 +260,26 @@ mod tests {
         assert_eq!(values[1].as_bytes(), b"two \xff");
         assert!(copy.headers()[header::COOKIE].is_sensitive());
         assert!(!copy.headers()[header::ACCEPT].is_sensitive());
+    }
+
+    #[test]
+    fn names_stored_as_codes_come_back_with_their_values_and_flags() {
+        let mut request = Request::get("/v3.0/orders");
+        for (i, name) in NAMES.iter().enumerate() {
+            let mut value = HeaderValue::from_str(&format!("value {i}")).unwrap();
+            value.set_sensitive(i % 2 == 0);
+            request = request.header(name, value);
+        }
+        let request = request.header("x-after", "spelled").body(()).unwrap();
+        let (original, copy) = round_trip(request);
+        assert_eq!(copy.headers(), original.headers());
+        for (name, value) in original.headers() {
+            assert_eq!(
+                copy.headers()[name].is_sensitive(),
+                value.is_sensitive(),
+                "{name}"
+            );
+        }
     }
 
     #[test]
