@@ -51,7 +51,8 @@ const NAMES: [HeaderName; 8] = [
     header::HOST,
     header::COOKIE,
 ];
-/// A header's flag byte: the value is sensitive (bit 0), the name is a code (bit 1).
+/// A header's flags (one byte): its value is sensitive, its name is a code.
+const SENSITIVE: u8 = 1;
 const NAME_CODED: u8 = 2;
 /// The scheme's code: none (a path-only URI), https, http, or another, spelled out.
 const SCHEME_NONE: u8 = 0;
@@ -94,8 +95,8 @@ impl Head {
     ///
     /// A standard method and an http or https scheme are one byte each; codes and lengths
     /// go first, in one write, then the authority and the path, then three writes a header
-    /// (its lengths and flags, its name, its value; two for a name in `NAMES`), into a buffer that is usually already
-    /// large enough.
+    /// (its lengths and flags, its name, its value; two for a name in `NAMES`), into a buffer
+    /// that is usually already large enough.
     pub(crate) fn copy<B>(request: &Request<B>) -> Option<Self> {
         let uri = request.uri();
         let method = request.method();
@@ -144,7 +145,7 @@ impl Head {
                 continue;
             }
             let value_len = (value.len() as u32).to_le_bytes();
-            let sensitive = u8::from(value.is_sensitive());
+            let sensitive = if value.is_sensitive() { SENSITIVE } else { 0 };
             let (name_len, flags, spelled) = match NAMES.iter().position(|known| known == name) {
                 Some(code) => ((code as u16).to_le_bytes(), sensitive | NAME_CODED, &[][..]),
                 None => {
@@ -214,7 +215,7 @@ impl Head {
             };
             let value = rest.split_to(value_len);
             if let (Ok(name), Ok(mut value)) = (name, HeaderValue::from_maybe_shared(value)) {
-                value.set_sensitive(flags & 1 == 1);
+                value.set_sensitive(flags & SENSITIVE != 0);
                 headers.append(name, value);
             }
         }

@@ -115,15 +115,17 @@ impl Slot {
             let from = spare.len().saturating_sub(SLOT_BATCH);
             spare.split_off(from)
         };
-        if batch.is_empty() {
-            #[cfg(test)]
-            tests::SLOTS_MADE.fetch_add(SLOT_BATCH, Ordering::Relaxed);
-            let made: &'static [Slot] = Box::leak((0..SLOT_BATCH).map(|_| Slot::new()).collect());
-            batch.extend(made);
-        }
-        let slot = batch
-            .pop()
-            .unwrap_or_else(|| Box::leak(Box::new(Slot::new())));
+        let slot = match batch.pop() {
+            Some(slot) => slot,
+            None => {
+                #[cfg(test)]
+                tests::SLOTS_MADE.fetch_add(SLOT_BATCH, Ordering::Relaxed);
+                let made: &'static [Slot] =
+                    Box::leak((0..SLOT_BATCH).map(|_| Slot::new()).collect());
+                batch.extend(&made[1..]);
+                &made[0]
+            }
+        };
         for extra in batch {
             if let Some(extra) = crate::local::give(&SLOTS, extra) {
                 spare(vec![extra]);
