@@ -20,11 +20,9 @@ use pin_project_lite::pin_project;
 
 use crate::local::Pool;
 
-/// A body is copied into its slot's own buffer while it stays within this many bytes;
-/// beyond, its chunks are kept by shared handle. A copy of a few hundred bytes costs less
-/// than sharing a chunk built from a `Vec` (an allocation and three atomic operations), and
-/// the buffer is reused by the slot's next request.
-const COPY_MAX: usize = 4096;
+/// The most chunk handles a slot's list keeps room for once its request is done; a body of
+/// more chunks leaves a list that is freed rather than kept.
+const KEPT_CHUNKS_MAX: usize = 16;
 
 /// Where a body's first send is kept for its replay.
 ///
@@ -48,20 +46,26 @@ struct Kept {
     generation: u64,
     /// The body streamed to its end within the limit.
     complete: bool,
-    /// The body's first bytes, copied (all of it, for a body within `COPY_MAX`).
-    copied: Vec<u8>,
-    /// What followed, by shared handle.
+    /// The body's chunks, by shared handle: never copied.
     shared: Vec<Bytes>,
     trailers: Option<HeaderMap>,
 }
 
 impl Kept {
-    /// Empties what another request left, keeping the copy buffer's room.
+    /// Empties what another request left, keeping the chunk list's room.
     fn reset(&mut self, generation: u64) {
         self.generation = generation;
         self.complete = false;
-        self.copied.clear();
-        self.shared.clear();
+        self.let_go();
+    }
+
+    /// Lets go of the chunks and trailers, keeping the room of a list of usual length.
+    fn let_go(&mut self) {
+        if self.shared.capacity() > KEPT_CHUNKS_MAX {
+            self.shared = Vec::new();
+        } else {
+            self.shared.clear();
+        }
         self.trailers = None;
     }
 }
@@ -105,7 +109,7 @@ impl Slot {
     /// Fills this thread's empty pool with a batch of spare slots, or of new ones, and takes
     /// one. A new slot lives as long as the process, so there are as many as there were ever
     /// requests with a body in flight at once (rounded up to a batch): about 100 bytes each,
-    /// and the room of the last body copied into it (under `2 * COPY_MAX`).
+    /// and the room of a list of up to `KEPT_CHUNKS_MAX` chunk handles.
     #[cold]
     fn refill() -> &'static Slot {
         #[cfg(test)]
@@ -169,8 +173,7 @@ impl Drop for Ticket {
         if slot.retains.load(Ordering::Acquire) {
             let mut kept = lock(&slot.kept);
             if kept.generation <= self.generation {
-                kept.shared = Vec::new();
-                kept.trailers = None;
+                kept.let_go();
                 slot.retains.store(false, Ordering::Relaxed);
             }
         }
@@ -183,7 +186,7 @@ impl Drop for Ticket {
 }
 
 impl Source {
-    /// The body for the replay, if the first one was kept whole.
+    /// The body for the replay, if the first one was kept whole: the same chunks, shared.
     pub(crate) fn replay<B>(&self) -> Option<ReplayBody<B>> {
         let state = match self {
             Source::Empty => State::Empty,
@@ -192,14 +195,8 @@ impl Source {
                 if kept.generation != ticket.generation || !kept.complete {
                     return None;
                 }
-                let copied =
-                    (!kept.copied.is_empty()).then(|| Bytes::copy_from_slice(&kept.copied));
                 State::Replay {
-                    chunks: copied
-                        .into_iter()
-                        .chain(kept.shared.iter().cloned())
-                        .collect::<Vec<_>>()
-                        .into_iter(),
+                    chunks: kept.shared.clone().into_iter(),
                     trailers: kept.trailers.clone().map(Box::new),
                 }
             }
@@ -239,18 +236,8 @@ impl Keep {
             kept.reset(self.generation);
         }
         if let Some(data) = data {
-            if kept.shared.is_empty() && kept.copied.len() + data.len() <= COPY_MAX {
-                kept.copied.extend_from_slice(data);
-            } else {
-                if !kept.copied.is_empty() && kept.shared.is_empty() {
-                    // Over the copy size: what was copied becomes the first shared chunk.
-                    let first = Bytes::copy_from_slice(&kept.copied);
-                    kept.copied.clear();
-                    kept.shared.push(first);
-                }
-                kept.shared.push(data.clone());
-                self.slot.retains.store(true, Ordering::Release);
-            }
+            kept.shared.push(data.clone());
+            self.slot.retains.store(true, Ordering::Release);
         }
         if let Some(trailers) = frame.and_then(Frame::trailers_ref) {
             kept.trailers = Some(trailers.clone());
@@ -276,9 +263,9 @@ impl Keep {
 pin_project! {
     /// The request body the inner service receives.
     ///
-    /// On the first send it streams the caller's body through unchanged, keeping each chunk
-    /// (a copy of a small body, a shared handle on a larger one's chunks) while the total
-    /// stays within `replay_body_limit`; a larger body is let go and streams through
+    /// On the first send it streams the caller's body through unchanged, keeping a shared
+    /// handle on each chunk (never a copy) while the total stays within
+    /// `replay_body_limit`; a larger body is let go and streams through
     /// unbuffered. On a replay it yields the kept chunks and trailers again. It is `Send`,
     /// and `Unpin` when the caller's body is.
     pub struct ReplayBody<B> {
@@ -559,11 +546,17 @@ mod tests {
     }
 
     #[test]
-    fn a_small_body_is_copied_and_a_large_one_shared() {
-        for (len, shared) in [(COPY_MAX, false), (COPY_MAX + 1, true)] {
-            let chunk = Bytes::from(vec![1u8; len]);
+    fn every_chunk_is_shared_not_copied() {
+        let from_vec = |len: usize| Bytes::from(vec![1u8; len]);
+        let chunks = [
+            from_vec(1),
+            from_vec(1024),
+            from_vec(64 * 1024),
+            Bytes::from_static(b"a static chunk"),
+        ];
+        for chunk in chunks {
             let body = http_body_util::Full::new(chunk.clone());
-            let (first, source) = ReplayBody::capture(body, 2 * COPY_MAX);
+            let (first, source) = ReplayBody::capture(body, 64 * 1024);
             assert_eq!(first_chunk(first).as_ptr(), chunk.as_ptr(), "sent as it is");
             let replay = source
                 .unwrap()
@@ -571,7 +564,7 @@ mod tests {
                 .unwrap();
             let again = first_chunk(replay);
             assert_eq!(again, chunk);
-            assert_eq!(again.as_ptr() == chunk.as_ptr(), shared, "{len}");
+            assert_eq!(again.as_ptr(), chunk.as_ptr(), "replayed as it is");
         }
     }
 
@@ -624,7 +617,7 @@ mod tests {
 
     #[test]
     fn shared_chunks_and_trailers_are_let_go_with_the_future() {
-        let chunk = Bytes::from(vec![9u8; COPY_MAX + 1]);
+        let chunk = Bytes::from(vec![9u8; 100]);
         let mut frames = VecDeque::from([Frame::data(chunk.clone())]);
         frames.push_back(Frame::trailers(trailers()));
         let body = Scripted {
@@ -632,11 +625,43 @@ mod tests {
             fail: false,
             tell_end: true,
         };
-        let (first, source) = ReplayBody::capture(body, 2 * COPY_MAX);
+        let (first, source) = ReplayBody::capture(body, 1024);
         drain(Box::pin(first));
         assert!(!chunk.is_unique(), "the slot holds it");
         drop(source);
         assert!(chunk.is_unique(), "let go with the future");
+    }
+
+    #[test]
+    fn a_slot_keeps_the_room_of_a_usual_chunk_list_and_frees_a_long_one() {
+        let chunked = |n: usize| Scripted {
+            frames: (0..n)
+                .map(|_| Frame::data(Bytes::from_static(b"x")))
+                .collect(),
+            fail: false,
+            tell_end: true,
+        };
+        for (chunks, kept) in [(KEPT_CHUNKS_MAX, true), (KEPT_CHUNKS_MAX * 4, false)] {
+            let (body, source) = ReplayBody::capture(chunked(chunks), 1024);
+            let Some(Source::Capture(Ticket { slot, .. })) = &source else {
+                panic!("a body within the limit is captured")
+            };
+            let slot: &'static Slot = slot;
+            assert_eq!(drain(body).0.len(), chunks);
+            assert_eq!(replayed(&source).map(|r| r.len()), Some(chunks));
+            drop(source);
+            let kept_room = lock(&slot.kept).shared.capacity();
+            assert!(lock(&slot.kept).shared.is_empty(), "chunks let go");
+            assert_eq!(
+                kept_room >= chunks,
+                kept,
+                "{chunks} chunks: room {kept_room}"
+            );
+            assert!(
+                kept_room <= KEPT_CHUNKS_MAX,
+                "{chunks} chunks: room {kept_room}"
+            );
+        }
     }
 
     #[test]

@@ -218,12 +218,13 @@ fn a_bodyless_get_with_static_headers_costs_at_most_two_allocations_more() {
 }
 
 /// The 1 KiB POST, its body left unread or read whole (the figures BENCHMARKS.md and the
-/// README give): either way the layer allocates no more than the static header. The body
-/// read is copied into its slot's buffer, which the slot's next request reuses.
+/// README give). Unread, the layer allocates no more than the static header. Read, its one
+/// chunk is kept for a replay by shared handle, not copied: a chunk built from a `Vec` is
+/// moved to a shared buffer the first time it is shared, one allocation, and nothing else.
 #[test]
 fn post_allocations_are_reported() {
     let unread = measure("POST 1 KiB, body unread", post_request, Noop);
     let drained = measure("POST 1 KiB, body drained", post_request, Drain);
     assert!(unread[3] <= unread[1], "unread: {unread:?}");
-    assert!(drained[3] <= drained[1], "drained: {drained:?}");
+    assert!(drained[3] <= drained[1] + 1.0, "drained: {drained:?}");
 }
