@@ -126,7 +126,10 @@ where
     S: Service<Request<ReplayBody<B>>>,
     B: Body,
 {
-    #[inline]
+    /// Never inlined, so that it works on the request where the caller passed it: inlined
+    /// into `LengowAuth::call`, it took a 224-byte copy of the request first and read the
+    /// URI back from that copy at once, before the copy's stores had landed.
+    #[inline(never)]
     pub(crate) fn new(mut service: S, shared: &Shared, mut request: Request<B>) -> Self {
         let core: &Core = shared;
         if !core.origin.matches(request.uri()) {
