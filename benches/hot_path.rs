@@ -50,7 +50,7 @@ use tower::{Layer, Service};
 use machine::{background_load, handoff_side, load_start, ns_per_handoff, print_background_load};
 use stacks::{
     ACTIONS_URL, Drain, Noop, ORDERS_URL, cold_layer, hand_built, runtime, shared_token,
-    static_header, warm_layer,
+    static_header, static_header_from_static, warm_layer,
 };
 
 /// Criterion's settings for every group: short runs, so the whole suite stays near 2 minutes.
@@ -646,7 +646,7 @@ fn replay(c: &mut Criterion) {
 
 fn summary() {
     println!("\n=== summary: median ns per request (overhead = stack - bare) ===");
-    let floor = if std::env::var("STATIC_HEADER").is_ok_and(|v| v == "from_static") {
+    let floor = if static_header_from_static() {
         "HeaderValue::from_static (STATIC_HEADER=from_static)"
     } else {
         "HeaderValue::from_str, made at run time"

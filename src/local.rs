@@ -101,23 +101,22 @@ const POOL_SIZE: usize = 16;
 
 impl<T> Pool<T> {
     pub(crate) const fn new() -> Self {
-        Self {
-            last: Cell::new(None),
-            rest: RefCell::new(Vec::new()),
-            max: POOL_SIZE,
-            retire: None,
-        }
+        Self::with(POOL_SIZE, None)
     }
 
     /// A pool of up to `max` values (at least 2) that hands those it cannot keep to
     /// `retire`, many at a time, instead of dropping them.
     pub(crate) const fn retiring(max: usize, retire: fn(Vec<T>)) -> Self {
+        Self::with(max, Some(retire))
+    }
+
+    const fn with(max: usize, retire: Option<fn(Vec<T>)>) -> Self {
         assert!(max >= 2);
         Self {
             last: Cell::new(None),
             rest: RefCell::new(Vec::new()),
             max,
-            retire: Some(retire),
+            retire,
         }
     }
 

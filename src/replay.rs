@@ -130,10 +130,14 @@ impl Slot {
                 &made[0]
             }
         };
-        for extra in batch {
-            if let Some(extra) = crate::local::give(&SLOTS, extra) {
-                spare(vec![extra]);
-            }
+        // The pool gives a slot back only when it is gone (this thread is ending): those go
+        // back to the spare ones, together.
+        let unpooled: Vec<_> = batch
+            .into_iter()
+            .filter_map(|extra| crate::local::give(&SLOTS, extra))
+            .collect();
+        if !unpooled.is_empty() {
+            spare(unpooled);
         }
         slot
     }

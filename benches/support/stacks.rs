@@ -82,13 +82,19 @@ impl<B: Body> Service<Request<B>> for Drain {
 // ---------------------------------------------------------------------------------------
 // The stacks
 
+/// Whether `STATIC_HEADER=from_static` asks for the floor's value to be made with
+/// `HeaderValue::from_static`.
+pub fn static_header_from_static() -> bool {
+    std::env::var("STATIC_HEADER").is_ok_and(|v| v == "from_static")
+}
+
 /// The floor: a fixed token, made at run time (a token is never a `&'static str`), sensitive.
 ///
 /// With `STATIC_HEADER=from_static` in the environment the value is made with
 /// `HeaderValue::from_static` instead: its clones and drops then touch no reference count,
 /// which lowers the floor by two atomic operations a request.
 pub fn static_header<S>(inner: S) -> SetRequestHeader<S, HeaderValue> {
-    let mut value = if std::env::var("STATIC_HEADER").is_ok_and(|v| v == "from_static") {
+    let mut value = if static_header_from_static() {
         HeaderValue::from_static(TOKEN)
     } else {
         HeaderValue::from_str(TOKEN).expect("a valid header value")
