@@ -13,7 +13,15 @@ use crate::local::Pool;
 /// every header value or URI built at run time allocates again the first time its bytes are
 /// shared. Copying the bytes into one buffer from this thread's pool allocates nothing once
 /// the pool holds a buffer, whatever the request.
-pub(crate) struct Head {
+///
+/// A head is one pointer to its buffer, so that it is handed back from [`Head::copy`] in a
+/// register: a head of several fields came back through memory, and the first read of it
+/// waited for the writes.
+pub(crate) struct Head(Option<Box<Buffer>>);
+
+/// A head's buffer, taken from this thread's pool and given back to it when the head is
+/// dropped unused.
+struct Buffer {
     version: Version,
     extensions: Extensions,
     /// The method's code and the scheme's (1 byte each), the lengths of the spelled-out
@@ -21,7 +29,6 @@ pub(crate) struct Head {
     /// Then for each header but `Authorization`: the name's length, or its code for a name in
     /// `NAMES` (2 bytes), the value's length (4 bytes), the flags (1 byte: sensitive, name
     /// coded), the name unless coded, the value.
-    /// Taken from this thread's pool, and given back to it when the head is dropped unused.
     /// Every byte of it is initialised; the head is its first `len`, the rest is left over
     /// from earlier heads of this thread.
     bytes: Vec<u8>,
@@ -72,36 +79,46 @@ thread_local! {
     /// Heads take their buffer from this thread's pool: most requests are answered without a
     /// replay, so the same few buffers serve request after request without touching the
     /// allocator.
-    static POOL: Pool<Vec<u8>> = const { Pool::new() };
+    static POOL: Pool<Box<Buffer>> = const { Pool::new() };
 }
 
 #[inline(always)]
-fn pooled() -> Vec<u8> {
-    crate::local::take(&POOL).unwrap_or_else(|| vec![0; INITIAL_CAPACITY])
+fn pooled() -> Box<Buffer> {
+    crate::local::take(&POOL).unwrap_or_else(|| {
+        Box::new(Buffer {
+            version: Version::default(),
+            extensions: Extensions::new(),
+            bytes: vec![0; INITIAL_CAPACITY],
+            len: 0,
+        })
+    })
 }
 
 impl Drop for Head {
     #[inline]
     fn drop(&mut self) {
-        let bytes = std::mem::take(&mut self.bytes);
-        if bytes.is_empty() || bytes.len() > POOL_MAX_CAPACITY {
+        let Some(mut buffer) = self.0.take() else {
+            return;
+        };
+        if buffer.bytes.len() > POOL_MAX_CAPACITY {
             return;
         }
+        buffer.extensions.clear();
         // The bytes are overwritten by the next head; they may hold cookies, so the buffer
         // never leaves this crate.
-        crate::local::give(&POOL, bytes);
+        crate::local::give(&POOL, buffer);
     }
 }
 
 /// Writes a head into a buffer whose every byte is initialised, at a cursor: a write checks
 /// its room once, and a piece of up to 32 bytes is copied in a few word moves instead of a
 /// call to `memcpy` (a head is mostly such pieces).
-struct Writer {
-    bytes: Vec<u8>,
+struct Writer<'a> {
+    bytes: &'a mut Vec<u8>,
     at: usize,
 }
 
-impl Writer {
+impl Writer<'_> {
     /// Makes room for `n` bytes and [`SLACK`] more.
     #[inline(always)]
     fn room(&mut self, n: usize) {
@@ -199,8 +216,9 @@ impl Head {
         {
             return None;
         }
+        let mut buffer = pooled();
         let mut out = Writer {
-            bytes: pooled(),
+            bytes: &mut buffer.bytes,
             at: 0,
         };
         // 0 for a method spelled out, else its place in METHODS plus one (under 10). The
@@ -249,18 +267,25 @@ impl Head {
             out.put(spelled);
             out.put(value);
         }
-        Some(Self {
-            version: request.version(),
-            extensions: request.extensions().clone(),
-            bytes: out.bytes,
-            len: out.at,
-        })
+        buffer.len = out.at;
+        buffer.version = request.version();
+        buffer.extensions = request.extensions().clone();
+        Some(Self(Some(buffer)))
     }
 
     /// The request again, with `body`; its parts share one buffer.
     pub(crate) fn into_request<B>(mut self, body: B) -> Request<B> {
-        let mut bytes = std::mem::take(&mut self.bytes);
-        bytes.truncate(self.len);
+        // The buffer is not given back: its bytes go into the request.
+        let Buffer {
+            version,
+            extensions,
+            mut bytes,
+            len,
+        } = *self
+            .0
+            .take()
+            .expect("a head holds its buffer until it is used");
+        bytes.truncate(len);
         let mut rest = Bytes::from(bytes);
         let (method_code, scheme_code) = (rest.get_u8(), rest.get_u8());
         let lengths = [(); 4].map(|()| usize::from(rest.get_u16_le()));
@@ -286,8 +311,8 @@ impl Head {
         let mut request = Request::new(body);
         *request.method_mut() = method;
         *request.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
-        *request.version_mut() = self.version;
-        *request.extensions_mut() = std::mem::take(&mut self.extensions);
+        *request.version_mut() = version;
+        *request.extensions_mut() = extensions;
         let headers = request.headers_mut();
         while !rest.is_empty() {
             let name_len = usize::from(rest.get_u16_le());
@@ -472,7 +497,11 @@ mod tests {
         POOL.with(Pool::clear);
         drop(Head::copy(&large));
         let grown = crate::local::take(&POOL).unwrap();
-        assert!(grown.len() > INITIAL_CAPACITY);
+        assert!(grown.bytes.len() > INITIAL_CAPACITY);
+        assert!(
+            grown.extensions.is_empty(),
+            "a pooled buffer holds no extensions"
+        );
         crate::local::give(&POOL, grown);
         drop(Head::copy(&large));
         drop(Head::copy(&large));
