@@ -131,6 +131,7 @@ impl Token {
     }
 
     /// A forced token that the API has not yet accepted.
+    #[inline]
     pub(crate) fn unproven_forced(&self) -> bool {
         self.forced && !self.proven.load(Ordering::Relaxed)
     }
