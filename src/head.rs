@@ -273,20 +273,17 @@ impl Head {
         Some(Self(Some(buffer)))
     }
 
-    /// The request again, with `body`; its parts share one buffer.
+    /// The request again, with `body`; its parts share one copy of the head's bytes.
     pub(crate) fn into_request<B>(mut self, body: B) -> Request<B> {
-        // The buffer is not given back: its bytes go into the request.
-        let Buffer {
-            version,
-            extensions,
-            mut bytes,
-            len,
-        } = *self
+        let buffer = self
             .0
-            .take()
-            .expect("a head holds its buffer until it is used");
-        bytes.truncate(len);
-        let mut rest = Bytes::from(bytes);
+            .as_deref_mut()
+            .expect("a head holds its buffer until it is dropped");
+        // The request's parts share one copy of the bytes; the buffer goes back to the pool
+        // when the head is dropped, so the next request does not make a new one.
+        let mut rest = Bytes::copy_from_slice(&buffer.bytes[..buffer.len]);
+        let version = buffer.version;
+        let extensions = std::mem::take(&mut buffer.extensions);
         let (method_code, scheme_code) = (rest.get_u8(), rest.get_u8());
         let lengths = [(); 4].map(|()| usize::from(rest.get_u16_le()));
         let [method, scheme, authority, path] = lengths.map(|len| rest.split_to(len));
@@ -436,6 +433,24 @@ mod tests {
             };
             assert_eq!(values(&copy), values(&original));
         }
+    }
+
+    #[test]
+    fn a_head_used_for_a_replay_gives_its_buffer_back() {
+        POOL.with(Pool::clear);
+        let request = Request::get("/v3.0/orders")
+            .header(header::ACCEPT, "application/json")
+            .extension(7u8)
+            .body(())
+            .unwrap();
+        let head = Head::copy(&request).unwrap();
+        assert_eq!(POOL.with(Pool::len), 0);
+        let copy = head.into_request(());
+        assert_eq!(copy.headers(), request.headers());
+        assert_eq!(copy.extensions().get::<u8>(), Some(&7));
+        assert_eq!(POOL.with(Pool::len), 1, "the buffer is back in the pool");
+        let pooled = crate::local::take(&POOL).unwrap();
+        assert!(pooled.extensions.is_empty());
     }
 
     #[test]
