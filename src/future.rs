@@ -109,9 +109,7 @@ macro_rules! send {
             if !replays {
                 return ReplayBody::passthrough(body);
             }
-            let (body, captured) = ReplayBody::capture(body, core.replay_body_limit);
-            source = captured;
-            body
+            ReplayBody::capture_into(body, core.replay_body_limit, &mut source)
         }));
         let plan = match (head, source) {
             (Some(head), Some(source)) => Plan::Replay(head, source),

@@ -299,32 +299,40 @@ impl<B: Body> ReplayBody<B> {
     /// Wraps `body` for its first send, capturing it for a replay when `limit` allows; the
     /// [`Source`] is what the replay is made from. A body too large by its size hint is not
     /// captured at all.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn capture(body: B, limit: usize) -> (Self, Option<Source>) {
+        let mut source = None;
+        let body = Self::capture_into(body, limit, &mut source);
+        (body, source)
+    }
+
+    /// [`capture`](Self::capture) with the [`Source`] written to `source`, so that the body
+    /// alone is returned and can be built where the request takes it: returned in a pair, it
+    /// was written to memory and read back at once, before the writes had landed.
+    #[inline]
+    pub(crate) fn capture_into(body: B, limit: usize, source: &mut Option<Source>) -> Self {
         if body.is_end_stream() {
-            return (
-                Self {
-                    state: State::Empty,
-                },
-                Some(Source::Empty),
-            );
+            *source = Some(Source::Empty);
+            return Self {
+                state: State::Empty,
+            };
         }
         if body.size_hint().lower() > limit as u64 {
-            return (Self::passthrough(body), None);
+            return Self::passthrough(body);
         }
         let (slot, generation) = Slot::take();
-        let keep = Keep {
-            slot,
-            generation,
-            len: 0,
-            limit,
-        };
-        let state = State::Live {
-            body,
-            keep: Some(keep),
-        };
-        let ticket = Ticket { slot, generation };
-        (Self { state }, Some(Source::Capture(ticket)))
+        *source = Some(Source::Capture(Ticket { slot, generation }));
+        Self {
+            state: State::Live {
+                body,
+                keep: Some(Keep {
+                    slot,
+                    generation,
+                    len: 0,
+                    limit,
+                }),
+            },
+        }
     }
 
     /// Wraps `body` to stream through without being kept.
