@@ -134,7 +134,9 @@ impl Writer<'_> {
         self.bytes.resize(len, 0);
     }
 
-    /// Eight bytes at the cursor, which moves on by `n` (at most 8) of them; room was made.
+    /// Eight bytes at the cursor, which moves on by `n` (at most 8) of them; room was made,
+    /// so the chunk is always there (taken as a chunk, the write compiles to one store and
+    /// no panic path).
     #[inline(always)]
     fn word(&mut self, word: [u8; 8], n: usize) {
         if let Some(to) = self.bytes[self.at..].first_chunk_mut::<8>() {

@@ -296,9 +296,7 @@ pin_project! {
 }
 
 impl<B: Body> ReplayBody<B> {
-    /// Wraps `body` for its first send, capturing it for a replay when `limit` allows; the
-    /// [`Source`] is what the replay is made from. A body too large by its size hint is not
-    /// captured at all.
+    /// [`capture_into`](Self::capture_into), with the source handed back beside the body.
     #[cfg(test)]
     pub(crate) fn capture(body: B, limit: usize) -> (Self, Option<Source>) {
         let mut source = None;
@@ -306,9 +304,13 @@ impl<B: Body> ReplayBody<B> {
         (body, source)
     }
 
-    /// [`capture`](Self::capture) with the [`Source`] written to `source`, so that the body
-    /// alone is returned and can be built where the request takes it: returned in a pair, it
-    /// was written to memory and read back at once, before the writes had landed.
+    /// Wraps `body` for its first send, capturing it for a replay when `limit` allows, and
+    /// writes to `source` what the replay is made from (`None` is left for a body too large
+    /// by its size hint, which is not captured at all).
+    ///
+    /// The body alone is returned, so that it is built where the request takes it: returned
+    /// in a pair with its source, it was written to memory and read back at once, before the
+    /// writes had landed.
     #[inline]
     pub(crate) fn capture_into(body: B, limit: usize, source: &mut Option<Source>) -> Self {
         if body.is_end_stream() {
