@@ -29,6 +29,10 @@ cleanup() {
     git worktree remove --force "$work/$rev" >/dev/null 2>&1 || true
   done
   rm -rf "$work"
+  # The worktrees built into this checkout's target directory, and cargo judges the crate
+  # fresh by its files' times, so this checkout's next build would reuse the other
+  # revision's library and bench. Newer sources make it rebuild its own.
+  find Cargo.toml src benches tests examples -type f -exec touch {} + 2>/dev/null || true
 }
 trap cleanup EXIT
 
