@@ -22,6 +22,10 @@
 //!
 //! `HOT_PATH_PROFILE=hot_get/lengow_auth` (any `<group>/<stack>`) skips the benches and sends
 //! requests through one stack for a profiler instead; see [`profile_from_env`].
+//!
+//! `HOT_PATH_QUICK=hot_post` (any hot group) skips criterion and runs the interleaved pass
+//! alone, in about a second, optionally with the stack shifted (`HOT_PATH_SHIFT`); see
+//! [`quick_from_env`] and `benches/placements.sh`.
 
 #[path = "support/machine.rs"]
 mod machine;
@@ -353,16 +357,9 @@ static INTERLEAVED: Mutex<BTreeMap<String, f64>> = Mutex::new(BTreeMap::new());
 /// round, by `<group>/<other stack>`.
 static ROUND_RATIOS: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
-/// When criterion ran every runner of `group` (no filter left one out, not in test mode),
-/// runs them again in turn, `ROUNDS` rounds of `per_round` requests, each round starting one
+/// Runs every runner of `group` in turn, `ROUNDS` rounds of `per_round` requests, each round starting one
 /// runner further on, so that a drift in the machine's speed hits every stack alike.
 fn interleave(group: &str, runners: &mut [(String, Runner<'_>)], per_round: u64) {
-    let measured = runners
-        .iter()
-        .all(|(name, _)| median_ns(&format!("{group}/{name}")).is_some());
-    if !measured {
-        return;
-    }
     let mut times: Vec<Vec<f64>> = runners.iter().map(|_| Vec::new()).collect();
     for round in 0..ROUNDS {
         for k in 0..runners.len() {
@@ -398,16 +395,18 @@ fn interleave(group: &str, runners: &mut [(String, Runner<'_>)], per_round: u64)
     }
 }
 
-fn hot_group<B>(c: &mut Criterion, group: &str, make: fn(u64) -> Request<B>, drained: bool)
+/// The four stacks of a hot group, each sending requests made by `make` to a no-op inner
+/// service (one that drains the body when `drained`).
+fn hot_runners<'a, B>(
+    layer: &lengow_auth::LengowAuthLayer,
+    token: &stacks::SharedToken,
+    make: fn(u64) -> Request<B>,
+    drained: bool,
+) -> Vec<(String, Runner<'a>)>
 where
     B: Body + Clone + Send + 'static,
     B::Data: Send,
 {
-    let runtime = runtime();
-    let layer = warm_layer(&runtime);
-    let token = shared_token();
-    let _context = runtime.enter();
-
     fn runner<'a, S, B, T>(mut service: S, make: fn(u64) -> Request<B>) -> Runner<'a>
     where
         S: Service<Request<B>, Response = T> + 'a,
@@ -416,14 +415,14 @@ where
     {
         Box::new(move |iters| run_sequential(&mut service, make, iters))
     }
-    let mut runners: Vec<(String, Runner<'_>)> = if drained {
+    if drained {
         vec![
             ("bare".into(), runner(Drain, make)),
             (
                 "set_header_static".into(),
                 runner(static_header(Drain), make),
             ),
-            ("hand_built".into(), runner(hand_built(Drain, &token), make)),
+            ("hand_built".into(), runner(hand_built(Drain, token), make)),
             ("lengow_auth".into(), runner(layer.layer(Drain), make)),
         ]
     } else {
@@ -433,12 +432,31 @@ where
                 "set_header_static".into(),
                 runner(static_header(Noop), make),
             ),
-            ("hand_built".into(), runner(hand_built(Noop, &token), make)),
+            ("hand_built".into(), runner(hand_built(Noop, token), make)),
             ("lengow_auth".into(), runner(layer.layer(Noop), make)),
         ]
-    };
+    }
+}
+
+fn hot_group<B>(c: &mut Criterion, group: &str, make: fn(u64) -> Request<B>, drained: bool)
+where
+    B: Body + Clone + Send + 'static,
+    B::Data: Send,
+{
+    let runtime = runtime();
+    let layer = warm_layer(&runtime);
+    let token = shared_token();
+    let _context = runtime.enter();
+    let mut runners = hot_runners(&layer, &token, make, drained);
     bench_runners(c, group, &mut runners);
-    interleave(group, &mut runners, 20_000);
+    // Only when criterion ran every runner of the group (no filter left one out, not in
+    // test mode).
+    let measured = runners
+        .iter()
+        .all(|(name, _)| median_ns(&format!("{group}/{name}")).is_some());
+    if measured {
+        interleave(group, &mut runners, 20_000);
+    }
     drop(runners);
     assert_eq!(layer.stats().fetches, 1, "the warm layer fetched again");
 }
@@ -860,8 +878,61 @@ fn profile_from_env() -> bool {
     true
 }
 
+/// With `HOT_PATH_QUICK=<group>` set (`hot_get`, `hot_post` or `hot_post_drained`), skips
+/// criterion: warms each stack of the group up, runs the interleaved pass alone (about one
+/// second) and prints the summary, then returns true.
+///
+/// `HOT_PATH_SHIFT=<0|16|32|48>` runs the pass with the bench thread's stack that many bytes
+/// further down. The four shifts put the stacks' requests and futures at each place a 16-byte
+/// aligned frame can take in a 64-byte cache line; how a copy's stores and the loads after it
+/// fall on cache lines changes what a request costs (BENCHMARKS.md), so one process measures
+/// one placement only. `benches/placements.sh` runs all four.
+fn quick_from_env() -> bool {
+    let Ok(group) = std::env::var("HOT_PATH_QUICK") else {
+        return false;
+    };
+    let shift = std::env::var("HOT_PATH_SHIFT").unwrap_or_default();
+    let runtime = runtime();
+    let layer = warm_layer(&runtime);
+    let token = shared_token();
+    let _context = runtime.enter();
+    let run = || quick(&group, &layer, &token);
+    match shift.as_str() {
+        "" | "0" => run(),
+        "16" => shifted::<16>(run),
+        "32" => shifted::<32>(run),
+        "48" => shifted::<48>(run),
+        other => panic!("HOT_PATH_SHIFT: `{other}` is not 0, 16, 32 or 48"),
+    }
+    summary();
+    true
+}
+
+/// Runs `f` with `N` more bytes of this thread's stack in use.
+#[inline(never)]
+fn shifted<const N: usize>(f: impl FnOnce()) {
+    let pad = [0u8; N];
+    black_box(&pad);
+    f();
+    black_box(&pad);
+}
+
+/// The interleaved pass of one hot group, after 100 000 requests through each stack.
+fn quick(group: &str, layer: &lengow_auth::LengowAuthLayer, token: &stacks::SharedToken) {
+    let mut runners = match group {
+        "hot_get" => hot_runners(layer, token, get_request, false),
+        "hot_post" => hot_runners(layer, token, post_request, false),
+        "hot_post_drained" => hot_runners(layer, token, post_request, true),
+        other => panic!("HOT_PATH_QUICK: no group `{other}`"),
+    };
+    for (_, runner) in runners.iter_mut() {
+        runner(100_000);
+    }
+    interleave(group, &mut runners, 20_000);
+}
+
 fn main() {
-    if profile_from_env() {
+    if profile_from_env() || quick_from_env() {
         return;
     }
     let mut c = Criterion::default()
