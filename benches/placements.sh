@@ -13,7 +13,9 @@
 #
 # Each run is one process (`HOT_PATH_QUICK=<group> HOT_PATH_SHIFT=<0|16|32|48>`, see
 # `quick_from_env` in hot_path.rs) under `setarch -R`, so that the shift is the only change of
-# layout between runs. A line per run gives the static header's and the layer's overhead
+# layout between runs. With `PLACEMENTS=random`, each run is left to the kernel's address
+# layout randomisation instead, unshifted, `4 x rounds` runs a revision: what a user's runs
+# see. A line per run gives the static header's and the layer's overhead
 # (ns) and the round-by-round median of their ratio; the summary gives, per revision, the
 # mean and the highest of each.
 set -euo pipefail
@@ -64,16 +66,19 @@ else
 fi
 
 run=(env)
-if command -v setarch >/dev/null; then
+placements=(0 16 32 48)
+if [ "${PLACEMENTS:-}" = random ]; then
+  placements=(0 0 0 0)
+elif command -v setarch >/dev/null; then
   run=(setarch "$(uname -m)" -R)
 else
   echo "setarch not found: address layout randomisation stays on" >&2
 fi
 
-echo "STATIC_HEADER=${STATIC_HEADER:-} group=$group rounds=$rounds"
+echo "STATIC_HEADER=${STATIC_HEADER:-} PLACEMENTS=${PLACEMENTS:-} group=$group rounds=$rounds"
 echo "revision shift static_ns lengow_auth_ns ratio"
 for _ in $(seq "$rounds"); do
-  for placement in 0 16 32 48; do
+  for placement in "${placements[@]}"; do
     for name in "${names[@]}"; do
       HOT_PATH_QUICK=$group HOT_PATH_SHIFT=$placement "${run[@]}" "$work/hot_path-$name" 2>&1 |
         awk -v name="$name" -v placement="$placement" '
@@ -88,7 +93,7 @@ for _ in $(seq "$rounds"); do
   done
 done | tee "$work/runs"
 
-echo "summary (mean and highest over every placement and round):"
+echo "summary (mean and highest over every run):"
 awk '{
     n[$1]++; s[$1] += $3; l[$1] += $4; r[$1] += $5
     if ($4 > ml[$1]) ml[$1] = $4
