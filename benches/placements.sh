@@ -98,8 +98,9 @@ awk '{
     n[$1]++; s[$1] += $3; l[$1] += $4; r[$1] += $5
     if ($4 > ml[$1]) ml[$1] = $4
     if ($5 > mr[$1]) mr[$1] = $5
+    if ($5 > 3) over[$1]++
   }
   END {
-    for (k in n) printf "%s: static %.1f ns, lengow_auth %.1f ns (highest %.1f), ratio %.2f (highest %.2f), %d runs\n",
-      k, s[k] / n[k], l[k] / n[k], ml[k], r[k] / n[k], mr[k], n[k]
+    for (k in n) printf "%s: static %.1f ns, lengow_auth %.1f ns (highest %.1f), ratio %.2f (highest %.2f, over 3 in %d of %d runs)\n",
+      k, s[k] / n[k], l[k] / n[k], ml[k], r[k] / n[k], mr[k], over[k], n[k]
   }' "$work/runs"
