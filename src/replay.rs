@@ -310,8 +310,9 @@ impl<B: Body> ReplayBody<B> {
     ///
     /// The body alone is returned, so that it is built where the request takes it: returned
     /// in a pair with its source, it was written to memory and read back at once, before the
-    /// writes had landed.
-    #[inline]
+    /// writes had landed. Always inlined: called, it wrote the wrapper field by field and the
+    /// caller moved it on in wider loads, which waited for those writes the same way.
+    #[inline(always)]
     pub(crate) fn capture_into(body: B, limit: usize, source: &mut Option<Source>) -> Self {
         if body.is_end_stream() {
             *source = Some(Source::Empty);
