@@ -139,12 +139,17 @@ where
     #[inline(never)]
     pub(crate) fn new(mut service: S, shared: &Shared, mut request: Request<B>) -> Self {
         let core: &Core = shared;
+        // The token is looked up before the request is read: the caller has usually just
+        // written the request, and while the first reads of it wait for those writes to land,
+        // the lookup (which reads nothing of it) goes on. A request to another origin wastes
+        // the lookup.
+        let wall = core.cache.clock().wall();
+        let sending = crate::local::token(core.id, core.cache.slot(), wall);
         if !core.origin.matches(request.uri()) {
             let future = service.call(request.map(ReplayBody::passthrough));
             return Self::with(State::First { future }, service, core, Plan::Passthrough);
         }
-        let wall = core.cache.clock().wall();
-        match crate::local::token(core.id, core.cache.slot(), wall) {
+        match sending {
             Some(sending) => {
                 let (state, plan) = send!(service, core, request, sending.header);
                 let mut future = Self::with(state, service, core, plan);
