@@ -357,8 +357,9 @@ static INTERLEAVED: Mutex<BTreeMap<String, f64>> = Mutex::new(BTreeMap::new());
 /// round, by `<group>/<other stack>`.
 static ROUND_RATIOS: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
-/// Runs every runner of `group` in turn, `ROUNDS` rounds of `per_round` requests, each round starting one
-/// runner further on, so that a drift in the machine's speed hits every stack alike.
+/// Runs every runner of `group` in turn, `ROUNDS` rounds of `per_round` requests, each round
+/// starting one runner further on, so that a drift in the machine's speed hits every stack
+/// alike.
 fn interleave(group: &str, runners: &mut [(String, Runner<'_>)], per_round: u64) {
     let mut times: Vec<Vec<f64>> = runners.iter().map(|_| Vec::new()).collect();
     for round in 0..ROUNDS {

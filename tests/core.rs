@@ -66,6 +66,24 @@ async fn the_token_never_leaves_the_origin() {
     assert_eq!(fake.token_fetches(), 1);
 }
 
+#[tokio::test]
+async fn a_request_to_another_origin_neither_waits_for_nor_fetches_a_token() {
+    // The hot path looks the token up before it reads the request's origin: a layer with no
+    // token yet must still send a request to another origin at once, untouched.
+    let fake = FakeLengow::start().await;
+    let other = FakeLengow::start().await;
+    let layer = builder(&fake).build(token_client()).unwrap();
+    let client = client::<Full<Bytes>>(&layer);
+    let (response, _) = send(&client, get(&other, "/v3.0/orders")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(other.requests_without_token(), 1);
+    let stats = layer.stats();
+    assert_eq!(stats.token_waits, 0);
+    assert_eq!(stats.fetches, 0);
+    assert_eq!(fake.token_fetches(), 0);
+    assert_eq!(other.token_fetches(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_costs_one_fetch_and_replays_bodies_byte_for_byte() {
     let fake = FakeLengow::start().await;
