@@ -22,37 +22,17 @@ a=$1
 b=$2
 group=${3:-hot_get}
 runs=${4:-4}
-work=$(mktemp -d)
-target=${CARGO_TARGET_DIR:-$PWD/target}
-cleanup() {
-  for rev in "$a" "$b"; do
-    git worktree remove --force "$work/$rev" >/dev/null 2>&1 || true
-  done
-  rm -rf "$work"
-  # The worktrees built into this checkout's target directory, and cargo judges the crate
-  # fresh by its files' times, so this checkout's next build would reuse the other
-  # revision's library and bench. Newer sources make it rebuild its own.
-  find Cargo.toml src benches tests examples -type f -exec touch {} + 2>/dev/null || true
-}
-trap cleanup EXIT
-
+# shellcheck source=benches/revisions.sh
+. benches/revisions.sh
 for rev in "$a" "$b"; do
-  git worktree add --detach "$work/$rev" "$rev" >/dev/null 2>&1
-  binary=$(cd "$work/$rev" && CARGO_TARGET_DIR=$target cargo bench --bench hot_path --no-run 2>&1 |
-    sed -n 's/.*Executable .*(\(.*hot_path-[0-9a-f]*\)).*/\1/p')
-  if [ -z "$binary" ]; then
-    echo "no hot_path bench built at $rev" >&2
-    exit 1
-  fi
-  # The next build may write the same path: keep this revision's binary apart.
-  cp "$binary" "$work/hot_path-$rev"
+  build_revision "$rev"
 done
 
 echo "STATIC_HEADER=${STATIC_HEADER:-} group=$group runs=$runs"
 for _ in $(seq "$runs"); do
   for rev in "$a" "$b"; do
     "$work/hot_path-$rev" --bench "$group" 2>&1 | awk -v rev="$rev" '
-      /\(criterion\): bare/ { group = "" }
+      /\(criterion\): bare/ || /^(contention|cold_start|replay)/ { group = "" }
       /\(interleaved\): bare/ { group = $1 }
       group != "" && $1 == "set_header_static" { static[group] = $(NF - 1) }
       group != "" && $1 == "lengow_auth" && $4 == "overhead" { layer[group] = $(NF - 1) }

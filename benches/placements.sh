@@ -25,42 +25,17 @@ group=${1:-hot_post}
 rounds=${2:-3}
 shift $(($# < 2 ? $# : 2))
 revs=("$@")
-work=$(mktemp -d)
-target=${CARGO_TARGET_DIR:-$PWD/target}
-cleanup() {
-  for rev in "${revs[@]}"; do
-    git worktree remove --force "$work/$rev" >/dev/null 2>&1 || true
-  done
-  rm -rf "$work"
-  # Worktree builds share this checkout's target directory: newer sources make the next
-  # build here compile this checkout again instead of reusing their outputs (see ab.sh).
-  if [ ${#revs[@]} -gt 0 ]; then
-    find Cargo.toml src benches tests examples -type f -exec touch {} + 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
-
-build() {
-  cargo bench --bench hot_path --no-run 2>&1 |
-    sed -n 's/.*Executable .*(\(.*hot_path-[0-9a-f]*\)).*/\1/p'
-}
+# shellcheck source=benches/revisions.sh
+. benches/revisions.sh
 
 names=()
 if [ ${#revs[@]} -eq 0 ]; then
-  binary=$(build)
+  binary=$(hot_path_binary)
   cp "$binary" "$work/hot_path-checkout"
   names=(checkout)
 else
   for rev in "${revs[@]}"; do
-    git worktree add --detach "$work/$rev" "$rev" >/dev/null 2>&1
-    rm -rf "$work/$rev/benches"
-    cp -r benches "$work/$rev/benches"
-    binary=$(cd "$work/$rev" && CARGO_TARGET_DIR=$target build)
-    if [ -z "$binary" ]; then
-      echo "no hot_path bench built at $rev" >&2
-      exit 1
-    fi
-    cp "$binary" "$work/hot_path-$rev"
+    build_revision "$rev" benches
     names+=("$rev")
   done
 fi
