@@ -406,6 +406,7 @@ fn hot_runners<'a, B>(
 ) -> Vec<(String, Runner<'a>)>
 where
     B: Body + Clone + Send + 'static,
+    B::Error: Into<tower::BoxError>,
     B::Data: Send,
 {
     fn runner<'a, S, B, T>(mut service: S, make: fn(u64) -> Request<B>) -> Runner<'a>
@@ -442,6 +443,7 @@ where
 fn hot_group<B>(c: &mut Criterion, group: &str, make: fn(u64) -> Request<B>, drained: bool)
 where
     B: Body + Clone + Send + 'static,
+    B::Error: Into<tower::BoxError>,
     B::Data: Send,
 {
     let runtime = runtime();

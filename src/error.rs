@@ -56,6 +56,8 @@ pub(crate) enum Kind {
     Config,
     /// The layer was used outside a tokio runtime.
     NoRuntime,
+    /// The tokio runtime was built without its timer driver.
+    NoTimers,
 }
 
 impl Error {
@@ -79,6 +81,45 @@ impl Error {
 
     pub(crate) fn malformed(message: impl Into<String>) -> Self {
         Self::build(Kind::MalformedResponse, Some(message.into()), None)
+    }
+
+    /// The fetch task went away with its runtime before it answered.
+    pub(crate) fn cancelled() -> Self {
+        Self::build(
+            Kind::Unavailable {
+                status: None,
+                retry_after: None,
+            },
+            Some("the token fetch was cancelled: its runtime shut down".to_owned()),
+            None,
+        )
+    }
+
+    /// The token fetch's task did not finish: it panicked (in the token client, or in tokio
+    /// for want of timers) or its runtime shut down.
+    pub(crate) fn from_join(error: tokio::task::JoinError) -> Self {
+        if !error.is_panic() {
+            return Self::cancelled();
+        }
+        let panic = error.into_panic();
+        let text = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or_default();
+        // tokio says so when a timer is made on a runtime without its time driver.
+        if text.contains("timers are disabled") {
+            return Self::new(Kind::NoTimers);
+        }
+        // The panic's own text is not kept: it may quote whatever the token client held.
+        Self::build(
+            Kind::Unavailable {
+                status: None,
+                retry_after: None,
+            },
+            Some("the token client panicked".to_owned()),
+            None,
+        )
     }
 
     /// The credentials were refused by `get_token` (400, 401 or 403). No token is requested
@@ -110,9 +151,12 @@ impl Error {
     }
 
     /// The layer is misconfigured: a bad `api_url`, a missing environment variable, or use
-    /// outside a tokio runtime.
+    /// outside a tokio runtime or in one built without timers.
     pub fn is_config(&self) -> bool {
-        matches!(self.inner.kind, Kind::Config | Kind::NoRuntime)
+        matches!(
+            self.inner.kind,
+            Kind::Config | Kind::NoRuntime | Kind::NoTimers
+        )
     }
 
     /// How long the auth service asked us to wait (`Retry-After` on a 429 or 503).
@@ -184,6 +228,9 @@ impl fmt::Display for Error {
             Kind::NoRuntime => {
                 f.write_str("lengow-auth needs a tokio runtime: call it from within one")?
             }
+            Kind::NoTimers => f.write_str(
+                "lengow-auth needs tokio's timers: build the runtime with enable_time() or enable_all()",
+            )?,
         }
         if let Some(message) = &self.inner.message {
             write!(f, ": {message}")?;

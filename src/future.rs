@@ -7,24 +7,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::{Request, Response, header};
+use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::error::BoxError;
-use crate::head::Head;
-use crate::layer::{Core, Shared, Statuses};
-use crate::replay::{ReplayBody, Source};
+use crate::replay::{Replay, ReplayBody};
+use crate::shared::Shared;
 use crate::stats::Counters;
-use crate::token::Token;
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type Outcome = Result<Arc<Token>, crate::Error>;
+use crate::token::{BoxFuture, Outcome};
 
 pin_project! {
     /// The response future of [`LengowAuth`](crate::LengowAuth).
-    #[project = Projection]
     pub struct ResponseFuture<S, B>
     where
         S: Service<Request<ReplayBody<B>>>,
@@ -32,14 +27,11 @@ pin_project! {
         #[pin]
         state: State<S::Future, B>,
         service: S,
-        // The layer by id, not by reference count: a request that is not rejected writes
-        // no counter the layer's other requests share. Its core is looked up on rejection.
-        layer: u64,
-        refresh_on: Statuses,
-        plan: Plan,
-        // The token the request was sent with.
+        shared: Arc<Shared>,
+        plan: Plan<B>,
+        // The token the request was last sent with.
         generation: u64,
-        // The token was fetched after a rejection and is not yet known to be accepted.
+        // That token was fetched after a rejection and is not yet known to be accepted.
         unproven: bool,
     }
 }
@@ -50,8 +42,7 @@ pin_project! {
         // No usable token when called: waiting for one.
         Token {
             token: BoxFuture<Outcome>,
-            request: Option<Box<Request<B>>>,
-            core: Arc<Core>,
+            request: Option<Request<B>>,
         },
         // The first send.
         First {
@@ -61,71 +52,62 @@ pin_project! {
         // Rejected: waiting for the token to replay with.
         Refresh {
             token: BoxFuture<Outcome>,
-            request: Option<Box<Request<ReplayBody<B>>>>,
-            core: Arc<Core>,
+            request: Option<Request<ReplayBody<B>>>,
         },
         // Waiting for the inner service to be ready for the replay.
         Ready {
-            request: Option<Box<Request<ReplayBody<B>>>>,
-            core: Arc<Core>,
+            request: Option<Request<ReplayBody<B>>>,
         },
         // The replay.
         Second {
             #[pin]
             future: F,
-            core: Arc<Core>,
         },
     }
 }
 
 /// What the future may do after a rejection.
-enum Plan {
+// The head is kept inline: the future is as large as it anyway, and a box would cost every
+// request an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Plan<B> {
     /// Not a Lengow request: no token, no replay.
     Passthrough,
-    /// Rejections are returned as they are (body too large, or no `refresh_on` status).
+    /// Rejections are returned as they are: no `refresh_on` status, or a body too large.
     NoReplay,
-    /// Enough to send the request again.
-    Replay(Head, Source),
+    /// What it takes to send the request again.
+    Replay { head: Head, body: Replay<B> },
 }
 
-/// Injects the token into `$request`, keeps what a replay needs and makes the first call;
-/// gives the state and the plan.
-///
-/// A macro, not a function: the request is changed in place and wrapped in its replayable
-/// body as it is handed to the call, so it is built where the call takes it, while passing
-/// it to a function first costs one more copy of its head, the largest thing on the hot path
-/// (41 of the 1 506 instructions a GET cost, by callgrind). The head is copied before the body
-/// is looked at, so a body too large to keep wastes that copy.
-///
-/// The request is taken apart and put together again (`into_parts`, `from_parts`) rather
-/// than mapped: `Request::map` copied the whole request (256 bytes with a `Full` body) and
-/// then its head (224) out of that copy, and each wide load of the second copy spanned two
-/// stores of the first, so it waited for them to reach the cache. Now both copies move the
-/// head alone, each load matching a store.
-macro_rules! send {
-    ($service:expr, $core:expr, $request:ident, $header:expr) => {{
-        let core: &Core = $core;
-        let replays = !core.refresh_on.is_empty();
-        let head = if replays { Head::copy(&$request) } else { None };
-        $request
-            .headers_mut()
-            .insert(header::AUTHORIZATION, $header);
-        let mut source = None;
-        let (parts, body) = $request.into_parts();
-        let future = $service.call(Request::from_parts(
-            parts,
-            if !replays {
-                ReplayBody::passthrough(body)
-            } else {
-                ReplayBody::capture_into(body, core.replay_body_limit, &mut source)
-            },
-        ));
-        let plan = match (head, source) {
-            (Some(head), Some(source)) => Plan::Replay(head, source),
-            _ => Plan::NoReplay,
-        };
-        (State::First { future }, plan)
-    }};
+/// The head of a request, cloned before the token goes in, to build its replay.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+impl Head {
+    fn of<B>(request: &Request<B>) -> Self {
+        Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+            extensions: request.extensions().clone(),
+        }
+    }
+
+    fn into_request<B>(self, body: B) -> Request<B> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        *request.extensions_mut() = self.extensions;
+        request
+    }
 }
 
 impl<S, B> ResponseFuture<S, B>
@@ -133,56 +115,69 @@ where
     S: Service<Request<ReplayBody<B>>>,
     B: Body,
 {
-    /// Never inlined, so that it works on the request where the caller passed it: inlined
-    /// into `LengowAuth::call`, it took a 224-byte copy of the request first and read the
-    /// URI back from that copy at once, before the copy's stores had landed.
-    #[inline(never)]
-    pub(crate) fn new(mut service: S, shared: &Shared, mut request: Request<B>) -> Self {
-        let core: &Core = shared;
-        // The token is looked up before the request is read: the caller has usually just
-        // written the request, and while the first reads of it wait for those writes to land,
-        // the lookup (which reads nothing of it) goes on. A request to another origin wastes
-        // the lookup.
-        let wall = core.cache.clock().wall();
-        let sending = crate::local::token(core.id, core.cache.slot(), wall);
-        if !core.origin.matches(request.uri()) {
-            let future = service.call(request.map(ReplayBody::passthrough));
-            return Self::with(State::First { future }, service, core, Plan::Passthrough);
+    pub(crate) fn new(mut service: S, shared: Arc<Shared>, request: Request<B>) -> Self {
+        let (mut parts, body) = request.into_parts();
+        if !shared.origin.admits(&mut parts.uri, &parts.headers) {
+            tracing::debug!(uri = %parts.uri, "request to another origin: sent without a token");
+            let request = Request::from_parts(parts, ReplayBody::passthrough(body));
+            let future = service.call(request);
+            return Self::with(State::First { future }, service, shared, Plan::Passthrough);
         }
-        match sending {
+        let request = Request::from_parts(parts, body);
+        match shared.cache.sending() {
             Some(sending) => {
-                let (state, plan) = send!(service, core, request, sending.header);
-                let mut future = Self::with(state, service, core, plan);
+                let (future, plan) = send(&mut service, &shared, request, sending.header);
+                let mut future = Self::with(State::First { future }, service, shared, plan);
                 future.generation = sending.generation;
                 future.unproven = sending.unproven;
                 future
             }
             None => {
                 tracing::trace!("no usable token: waiting for one");
-                Counters::bump(&core.cache.counters.token_waits);
+                Counters::bump(&shared.cache.counters.token_waits);
                 let state = State::Token {
-                    token: core.cache.token(),
-                    request: Some(Box::new(request)),
-                    core: Arc::clone(&shared.core),
+                    token: shared.cache.token(),
+                    request: Some(request),
                 };
-                Self::with(state, service, core, Plan::NoReplay)
+                Self::with(state, service, shared, Plan::NoReplay)
             }
         }
     }
 
-    /// The future in `state`; `generation` and `unproven` are set once a token is sent.
-    #[inline]
-    fn with(state: State<S::Future, B>, service: S, core: &Core, plan: Plan) -> Self {
+    fn with(state: State<S::Future, B>, service: S, shared: Arc<Shared>, plan: Plan<B>) -> Self {
         Self {
             state,
             service,
-            layer: core.id,
-            refresh_on: core.refresh_on,
+            shared,
             plan,
             generation: 0,
             unproven: false,
         }
     }
+}
+
+/// Sends `request` with the token `header`, keeping what a replay needs.
+fn send<S, B>(
+    service: &mut S,
+    shared: &Shared,
+    mut request: Request<B>,
+    header: HeaderValue,
+) -> (S::Future, Plan<B>)
+where
+    S: Service<Request<ReplayBody<B>>>,
+    B: Body,
+{
+    let head = (!shared.refresh_on.is_empty()).then(|| Head::of(&request));
+    request.headers_mut().insert(header::AUTHORIZATION, header);
+    let (parts, body) = request.into_parts();
+    let (body, plan) = match head {
+        None => (ReplayBody::passthrough(body), Plan::NoReplay),
+        Some(head) => match ReplayBody::keep(body, shared.replay_body_limit) {
+            (body, Some(replay)) => (body, Plan::Replay { head, body: replay }),
+            (body, None) => (body, Plan::NoReplay),
+        },
+    };
+    (service.call(Request::from_parts(parts, body)), plan)
 }
 
 impl<S, B, R> Future for ResponseFuture<S, B>
@@ -193,64 +188,60 @@ where
 {
     type Output = Result<Response<R>, BoxError>;
 
-    /// The first response of a request that was not waiting for a token is handled inline;
-    /// everything else (a wait for a token, a rejection, the replay) out of line.
-    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let StateProj::First { future } = this.state.as_mut().project() {
-            let response = ready!(future.poll(cx)).map_err(Into::into)?;
-            let passes = matches!(this.plan, Plan::Passthrough)
-                || !this.refresh_on.contains(response.status());
-            if passes && !*this.unproven {
-                return Poll::Ready(Ok(response));
-            }
-            if let Some(response) = Self::first_response(&mut this, response) {
-                return Poll::Ready(Ok(response));
-            }
-        }
-        Self::poll_states(this, cx)
-    }
-}
-
-impl<S, B, R> ResponseFuture<S, B>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<R>>,
-    S::Error: Into<BoxError>,
-    B: Body,
-{
-    /// Drives the states until the response is in.
-    #[inline(never)]
-    fn poll_states(
-        mut this: Projection<'_, S, B>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Response<R>, BoxError>> {
         loop {
             match this.state.as_mut().project() {
-                StateProj::Token {
-                    token,
-                    request,
-                    core,
-                } => {
+                StateProj::Token { token, request } => {
                     let token = ready!(token.as_mut().poll(cx))?;
-                    let mut request = *take(request);
-                    let (state, plan) = send!(this.service, core, request, token.header.clone());
+                    let request = take(request);
+                    let header = token.header.clone();
+                    let (future, plan) = send(this.service, this.shared, request, header);
                     *this.plan = plan;
                     *this.generation = token.generation;
                     *this.unproven = token.unproven_forced();
-                    this.state.set(state);
+                    this.state.set(State::First { future });
                 }
                 StateProj::First { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if let Some(response) = Self::first_response(&mut this, response) {
+                    let shared: &Shared = this.shared;
+                    if matches!(this.plan, Plan::Passthrough) {
                         return Poll::Ready(Ok(response));
                     }
+                    if !shared.refresh_on.contains(&response.status()) {
+                        if *this.unproven {
+                            shared.cache.accepted(*this.generation);
+                        }
+                        return Poll::Ready(Ok(response));
+                    }
+                    let replay = match std::mem::replace(this.plan, Plan::NoReplay) {
+                        Plan::Replay { head, body } => body.body().map(|b| head.into_request(b)),
+                        _ => None,
+                    };
+                    let Some(request) = replay else {
+                        Counters::bump(&shared.cache.counters.replays_skipped);
+                        tracing::debug!(
+                            status = response.status().as_u16(),
+                            "request rejected: not replayed, its body was not kept"
+                        );
+                        // The token is still refreshed, under the same rules as for a
+                        // replay, so that the next request goes out with a good one; the
+                        // fetch runs in its own task.
+                        drop(shared.cache.after_rejection(*this.generation));
+                        return Poll::Ready(Ok(response));
+                    };
+                    tracing::debug!(
+                        status = response.status().as_u16(),
+                        generation = *this.generation,
+                        "request rejected: refreshing the token to replay it"
+                    );
+                    let token = shared.cache.after_rejection(*this.generation);
+                    this.state.set(State::Refresh {
+                        token,
+                        request: Some(request),
+                    });
                 }
-                StateProj::Refresh {
-                    token,
-                    request,
-                    core,
-                } => {
+                StateProj::Refresh { token, request } => {
                     let token = ready!(token.as_mut().poll(cx))?;
                     let mut request = take(request);
                     request
@@ -258,92 +249,33 @@ where
                         .insert(header::AUTHORIZATION, token.header.clone());
                     *this.generation = token.generation;
                     *this.unproven = token.unproven_forced();
-                    let core = Arc::clone(core);
                     this.state.set(State::Ready {
                         request: Some(request),
-                        core,
                     });
                 }
-                StateProj::Ready { request, core } => {
+                StateProj::Ready { request } => {
                     ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
-                    Counters::bump(&core.cache.counters.replays);
+                    Counters::bump(&this.shared.cache.counters.replays);
                     tracing::debug!(generation = *this.generation, "replaying the request");
-                    let future = this.service.call(*take(request));
-                    let core = Arc::clone(core);
-                    this.state.set(State::Second { future, core });
+                    let future = this.service.call(take(request));
+                    this.state.set(State::Second { future });
                 }
-                StateProj::Second { future, core } => {
+                StateProj::Second { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if this.refresh_on.contains(response.status()) {
-                        Counters::bump(&core.cache.counters.rejected_after_replay);
+                    let shared: &Shared = this.shared;
+                    if shared.refresh_on.contains(&response.status()) {
+                        Counters::bump(&shared.cache.counters.rejected_after_replay);
                         tracing::debug!(
                             status = response.status().as_u16(),
                             "replay rejected too: returning the rejection"
                         );
                     } else if *this.unproven {
-                        accepted(core, *this.generation);
+                        shared.cache.accepted(*this.generation);
                     }
                     return Poll::Ready(Ok(response));
                 }
             }
         }
-    }
-
-    /// What follows the first response: `Some` to return it, `None` when the request was
-    /// rejected and the state moved on to the refresh its replay waits for.
-    #[inline(never)]
-    fn first_response(
-        this: &mut Projection<'_, S, B>,
-        response: Response<R>,
-    ) -> Option<Response<R>> {
-        if matches!(this.plan, Plan::Passthrough) {
-            return Some(response);
-        }
-        if !this.refresh_on.contains(response.status()) {
-            if *this.unproven {
-                if let Some(core) = crate::layer::core(*this.layer) {
-                    accepted(&core, *this.generation);
-                }
-            }
-            return Some(response);
-        }
-        let Some(core) = crate::layer::core(*this.layer) else {
-            tracing::debug!(
-                status = response.status().as_u16(),
-                "request rejected after the last handle to the layer was dropped: \
-                 not replayed"
-            );
-            return Some(response);
-        };
-        let (head, source) = match std::mem::replace(this.plan, Plan::NoReplay) {
-            Plan::Passthrough => return Some(response),
-            Plan::NoReplay => {
-                skipped(
-                    &core,
-                    *this.generation,
-                    "not kept: the body is over the replay limit, or the method over 64 KiB",
-                );
-                return Some(response);
-            }
-            Plan::Replay(head, source) => (head, source),
-        };
-        let Some(body) = source.replay() else {
-            skipped(&core, *this.generation, "the body was not captured whole");
-            return Some(response);
-        };
-        tracing::debug!(
-            status = response.status().as_u16(),
-            generation = *this.generation,
-            "request rejected: refreshing the token to replay it"
-        );
-        drop(response);
-        let token = core.cache.after_rejection(*this.generation);
-        this.state.set(State::Refresh {
-            token,
-            request: Some(Box::new(head.into_request(body))),
-            core,
-        });
-        None
     }
 }
 
@@ -353,25 +285,6 @@ fn take<T>(slot: &mut Option<T>) -> T {
         Some(value) => value,
         None => panic!("ResponseFuture polled after it moved on"),
     }
-}
-
-/// The API accepted a token fetched after a rejection: it is proven, so the forced-refresh
-/// floor resets.
-fn accepted(core: &Core, generation: u64) {
-    if let Some(token) = core.cache.slot().load_full() {
-        if token.generation == generation {
-            token.mark_accepted();
-        }
-    }
-}
-
-/// A rejection returned as is. The token is still refreshed (under the same rules as for a
-/// replay) so that the next request goes out with a good one.
-fn skipped(core: &Core, generation: u64, why: &'static str) {
-    Counters::bump(&core.cache.counters.replays_skipped);
-    tracing::debug!(why, "request rejected: not replayed");
-    // The fetch runs in its own task; nobody needs to wait for it here.
-    drop(core.cache.after_rejection(generation));
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>

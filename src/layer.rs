@@ -1,15 +1,12 @@
 //! [`LengowAuthLayer`] and its builder: the settings, their defaults, and the shared token
 //! cache every service the layer wraps draws from.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::Full;
@@ -18,6 +15,7 @@ use tower_service::Service;
 
 use crate::error::{BoxError, Error};
 use crate::service::LengowAuth;
+use crate::shared::{Handle, Origin, Shared};
 use crate::stats::Stats;
 use crate::token::{Cache, CacheConfig, Clock, Credentials, Fetcher, Redacted, WallClock};
 
@@ -67,207 +65,7 @@ pub const DEFAULT_INVALID_CREDENTIALS_COOLDOWN: Duration = Duration::from_secs(6
 /// ```
 #[derive(Clone)]
 pub struct LengowAuthLayer {
-    pub(crate) shared: Arc<Shared>,
-}
-
-/// What the layer and its services hold. Its drop (the last handle's) stops the refresher.
-pub(crate) struct Shared {
-    pub(crate) core: Arc<Core>,
-}
-
-/// The token cache and the settings requests need.
-pub(crate) struct Core {
-    pub(crate) cache: Arc<Cache>,
-    pub(crate) origin: Origin,
-    pub(crate) refresh_on: Statuses,
-    pub(crate) replay_body_limit: usize,
-    /// Names the layer in per-thread token copies and in the registry.
-    pub(crate) id: u64,
-}
-
-/// Every live layer's core by id. A response future holds the id, not a reference count
-/// that every request would write; it looks the core up only on its rare paths (a
-/// rejection, a forced token's first acceptance).
-static REGISTRY: Mutex<BTreeMap<u64, Weak<Core>>> = Mutex::new(BTreeMap::new());
-
-fn registry() -> MutexGuard<'static, BTreeMap<u64, Weak<Core>>> {
-    // Every update is one insert or remove: a panic elsewhere leaves the map whole.
-    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The core of layer `id`, while a handle to the layer is alive.
-pub(crate) fn core(id: u64) -> Option<Arc<Core>> {
-    registry().get(&id).and_then(Weak::upgrade)
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        registry().remove(&self.core.id);
-        self.core.cache.shutdown();
-    }
-}
-
-impl Shared {
-    fn new(core: Core) -> Self {
-        let core = Arc::new(core);
-        registry().insert(core.id, Arc::downgrade(&core));
-        Self { core }
-    }
-}
-
-impl std::ops::Deref for Shared {
-    type Target = Core;
-
-    #[inline]
-    fn deref(&self) -> &Core {
-        &self.core
-    }
-}
-
-/// A set of error statuses (400 to 599), one bit each: what a response future keeps of
-/// `refresh_on`, by value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Statuses([u64; 4]);
-
-impl Statuses {
-    const FIRST: u16 = 400;
-    const LAST: u16 = 599;
-
-    fn new(statuses: &[StatusCode]) -> Result<Self, Error> {
-        let mut set = Self::default();
-        for status in statuses {
-            let code = status.as_u16();
-            if !(Self::FIRST..=Self::LAST).contains(&code) {
-                return Err(Error::config(format!(
-                    "refresh_on takes error statuses (400 to 599), not {code}"
-                )));
-            }
-            let bit = usize::from(code - Self::FIRST);
-            set.0[bit / 64] |= 1 << (bit % 64);
-        }
-        Ok(set)
-    }
-
-    #[inline]
-    pub(crate) fn contains(&self, status: StatusCode) -> bool {
-        let bit = usize::from(status.as_u16().wrapping_sub(Self::FIRST));
-        bit <= usize::from(Self::LAST - Self::FIRST) && self.0[bit / 64] & (1 << (bit % 64)) != 0
-    }
-
-    #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-/// The scheme, host and port tokens may be sent to.
-#[derive(Debug, Clone)]
-pub(crate) struct Origin {
-    https: bool,
-    host: String,
-    port: u16,
-    /// The authority as a request usually spells it: `host` and `host:port` when the port is
-    /// the scheme's default, else `host:port` and an empty string, which no authority is.
-    spellings: [String; 2],
-}
-
-impl Origin {
-    fn parse(uri: &Uri) -> Result<Self, Error> {
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(Error::config(format!(
-                    "api_url `{uri}` must start with https:// (or http:// on loopback)"
-                )));
-            }
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| Error::config(format!("api_url `{uri}` has no host")))?
-            .to_ascii_lowercase();
-        if !https && !is_loopback(&host) {
-            return Err(Error::config(format!(
-                "api_url `{uri}` would send the credentials in clear text: use https:// (http:// is allowed only on loopback)"
-            )));
-        }
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let default_port = port == if https { 443 } else { 80 };
-        let with_port = format!("{host}:{port}");
-        let spellings = if default_port {
-            [host.clone(), with_port]
-        } else {
-            [with_port, String::new()]
-        };
-        Ok(Self {
-            https,
-            host,
-            port,
-            spellings,
-        })
-    }
-
-    /// Whether `uri` points at this origin. A path-only URI does.
-    #[inline(always)]
-    pub(crate) fn matches(&self, uri: &Uri) -> bool {
-        let Some(authority) = uri.authority() else {
-            return true;
-        };
-        // The usual spellings compare as bytes; anything else (another case, a default port
-        // spelled out differently) is parsed.
-        let authority = authority.as_str().as_bytes();
-        if self
-            .spellings
-            .iter()
-            .any(|s| same_bytes(s.as_bytes(), authority))
-        {
-            return match uri.scheme_str() {
-                Some("https") => self.https,
-                Some("http") => !self.https,
-                Some(_) => false,
-                None => true,
-            };
-        }
-        self.matches_parsed(uri)
-    }
-
-    #[cold]
-    fn matches_parsed(&self, uri: &Uri) -> bool {
-        let Some(host) = uri.host() else {
-            return true;
-        };
-        let https = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTPS => true,
-            Some(s) if *s == Scheme::HTTP => false,
-            Some(_) => return false,
-            None => self.https,
-        };
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        https == self.https && port == self.port && host.eq_ignore_ascii_case(&self.host)
-    }
-}
-
-/// Byte equality, with an authority's usual 8 to 16 bytes compared as two words.
-#[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    if !(8..=16).contains(&n) {
-        return a == b;
-    }
-    let word = |s: &[u8], at: usize| {
-        let mut w = [0; 8];
-        w.copy_from_slice(&s[at..at + 8]);
-        u64::from_ne_bytes(w)
-    };
-    word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8)
-}
-
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    handle: Arc<Handle>,
 }
 
 impl LengowAuthLayer {
@@ -285,18 +83,24 @@ impl LengowAuthLayer {
             invalid_credentials_cooldown: DEFAULT_INVALID_CREDENTIALS_COOLDOWN,
             refresh_on: vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
             bearer: false,
-            wall_clock: Clock::System,
+            wall_clock: Clock::default(),
         }
     }
 
     /// The Lengow account id of the current token, fetching a token if none is held.
     pub async fn account_id(&self) -> Result<u64, Error> {
-        self.shared.cache.account_id().await
+        self.handle.0.cache.account_id().await
+    }
+
+    /// The API origin the layer was built for: tokens are fetched from it and sent only to
+    /// it, and path-only request URIs are resolved against it.
+    pub fn api_url(&self) -> &Uri {
+        &self.handle.0.api_url
     }
 
     /// What the layer has done so far: fetches, refreshes, replays.
     pub fn stats(&self) -> Stats {
-        self.shared.cache.counters.snapshot()
+        self.handle.0.cache.counters.snapshot()
     }
 }
 
@@ -304,14 +108,14 @@ impl<S> Layer<S> for LengowAuthLayer {
     type Service = LengowAuth<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        LengowAuth::new(inner, Arc::clone(&self.shared))
+        LengowAuth::new(inner, Arc::clone(&self.handle))
     }
 }
 
 impl fmt::Debug for LengowAuthLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LengowAuthLayer")
-            .field("origin", &self.shared.origin)
+            .field("api_url", self.api_url())
             .field("token", &Redacted)
             .field("stats", &self.stats())
             .finish()
@@ -399,7 +203,7 @@ impl LengowAuthBuilder {
 
     /// The wall clock expiry is also judged by (default [`SystemClock`](crate::SystemClock)).
     pub fn wall_clock(mut self, clock: impl WallClock) -> Self {
-        self.wall_clock = Clock::Custom(Arc::new(clock));
+        self.wall_clock = Clock::new(clock);
         self
     }
 
@@ -434,7 +238,16 @@ impl LengowAuthBuilder {
                 "the access token and the secret must not be empty",
             ));
         }
-        let refresh_on = Statuses::new(&self.refresh_on)?;
+        if let Some(status) = self
+            .refresh_on
+            .iter()
+            .find(|s| !s.is_client_error() && !s.is_server_error())
+        {
+            return Err(Error::config(format!(
+                "refresh_on takes error statuses (400 to 599), not {}",
+                status.as_u16()
+            )));
+        }
         let endpoint = token_endpoint(&self.api_url)?;
         let fetcher = Fetcher::new(token_client, endpoint, self.credentials, self.fetch_timeout);
         let cache = Cache::new(
@@ -448,15 +261,15 @@ impl LengowAuthBuilder {
             },
             fetcher,
         );
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let shared = Shared {
+            cache: Arc::new(cache),
+            api_url: self.api_url,
+            origin,
+            refresh_on: self.refresh_on,
+            replay_body_limit: self.replay_body_limit,
+        };
         Ok(LengowAuthLayer {
-            shared: Arc::new(Shared::new(Core {
-                cache: Arc::new(cache),
-                origin,
-                refresh_on,
-                replay_body_limit: self.replay_body_limit,
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            })),
+            handle: Arc::new(Handle(Arc::new(shared))),
         })
     }
 }
@@ -492,107 +305,6 @@ impl fmt::Debug for LengowAuthBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statuses_hold_error_statuses_only() {
-        let set = Statuses::new(&[StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN]).unwrap();
-        assert!(set.contains(StatusCode::UNAUTHORIZED) && set.contains(StatusCode::FORBIDDEN));
-        for other in [200, 399, 400, 402, 404, 500, 599, 600, 999] {
-            assert!(
-                !set.contains(StatusCode::from_u16(other).unwrap()),
-                "{other}"
-            );
-        }
-        let edges = [400, 463, 464, 527, 528, 599].map(|c| StatusCode::from_u16(c).unwrap());
-        let set = Statuses::new(&edges).unwrap();
-        for code in 100..1000 {
-            let status = StatusCode::from_u16(code).unwrap();
-            assert_eq!(set.contains(status), edges.contains(&status), "{code}");
-        }
-        assert!(Statuses::new(&[]).unwrap().is_empty() && !set.is_empty());
-        for refused in [200, 302, 399, 600] {
-            let e = Statuses::new(&[StatusCode::from_u16(refused).unwrap()]).unwrap_err();
-            assert!(
-                e.is_config() && e.to_string().contains(&refused.to_string()),
-                "{e}"
-            );
-        }
-    }
-
-    #[test]
-    fn origin_matching() {
-        let origin = Origin::parse(&Uri::from_static("https://api.lengow.io")).unwrap();
-        for yes in [
-            "/v3.0/orders",
-            "https://api.lengow.io/v3.0/orders",
-            "https://API.lengow.io:443/x",
-        ] {
-            assert!(origin.matches(&yes.parse().unwrap()), "{yes}");
-        }
-        for no in [
-            "http://api.lengow.io/v3.0/orders",
-            "https://api.lengow.io:8443/x",
-            "https://evil.example/x",
-            "https://api.lengow.io.evil.example/x",
-        ] {
-            assert!(!origin.matches(&no.parse().unwrap()), "{no}");
-        }
-        // Authorities of every length the byte comparison treats apart: under 8, 8 to 16
-        // (two words), over 16; a difference at each end and in the middle.
-        for (api, yes, no) in [
-            ("https://a.io", "https://a.io/x", "https://b.io/x"),
-            (
-                "https://api.lengow.io",
-                "https://api.lengow.io/",
-                "https://api.lenXow.io/",
-            ),
-            (
-                "http://127.0.0.1:1",
-                "http://127.0.0.1:1/",
-                "http://127.0.0.2:1/",
-            ),
-            (
-                "http://127.0.0.1:40123",
-                "http://127.0.0.1:40123/",
-                "http://127.0.0.1:40124/",
-            ),
-            (
-                "https://api.lengow.io:8443",
-                "https://api.lengow.io:8443/",
-                "https://xpi.lengow.io:8443/",
-            ),
-            (
-                "http://localhost:8080",
-                "http://LOCALHOST:8080/",
-                "http://localhost:8081/",
-            ),
-        ] {
-            let origin = Origin::parse(&api.parse().unwrap()).unwrap();
-            assert!(origin.matches(&yes.parse().unwrap()), "{api} {yes}");
-            assert!(!origin.matches(&no.parse().unwrap()), "{api} {no}");
-        }
-    }
-
-    #[test]
-    fn plain_http_only_on_loopback() {
-        for ok in [
-            "http://127.0.0.1:8080",
-            "http://localhost",
-            "http://[::1]:1",
-            "https://x.example",
-        ] {
-            assert!(Origin::parse(&ok.parse().unwrap()).is_ok(), "{ok}");
-        }
-        for bad in [
-            "http://api.lengow.io",
-            "http://10.0.0.1",
-            "ftp://x",
-            "/path",
-        ] {
-            let e = Origin::parse(&bad.parse().unwrap()).unwrap_err();
-            assert!(e.is_config(), "{bad}");
-        }
-    }
 
     #[test]
     fn token_endpoint_keeps_the_prefix() {

@@ -52,11 +52,10 @@
 
 mod error;
 mod future;
-mod head;
 mod layer;
-mod local;
 mod replay;
 mod service;
+mod shared;
 mod stats;
 mod token;
 

@@ -11,8 +11,8 @@ use tower_service::Service;
 
 use crate::error::BoxError;
 use crate::future::ResponseFuture;
-use crate::layer::Shared;
 use crate::replay::ReplayBody;
+use crate::shared::Handle;
 
 /// Authenticates every request to the Lengow origin; built by
 /// [`LengowAuthLayer`](crate::LengowAuthLayer).
@@ -22,17 +22,17 @@ use crate::replay::ReplayBody;
 /// `refresh_on` is answered by one refresh and one replay. Errors are `tower::BoxError`s holding
 /// the inner service's error or a [`lengow_auth::Error`](crate::Error).
 ///
-/// Its response futures do not keep the layer alive: a rejection that arrives after the last
-/// layer and service handle was dropped (as `oneshot` on the only handle does) is returned
-/// as it is, not replayed.
+/// A response future keeps what it needs to finish, replay included, after the last layer
+/// and service handle is dropped (as `oneshot` on the only handle does); the background
+/// refresher stops with that last handle.
 pub struct LengowAuth<S> {
     inner: S,
-    shared: Arc<Shared>,
+    handle: Arc<Handle>,
 }
 
 impl<S> LengowAuth<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn new(inner: S, handle: Arc<Handle>) -> Self {
+        Self { inner, handle }
     }
 
     /// The inner service.
@@ -55,7 +55,7 @@ impl<S: Clone> Clone for LengowAuth<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            handle: Arc::clone(&self.handle),
         }
     }
 }
@@ -79,16 +79,14 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S, B>;
 
-    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // Keep the service that was driven ready; the clone waits for the next call.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(ready, &self.shared, request)
+        ResponseFuture::new(ready, Arc::clone(&self.handle.0), request)
     }
 }

@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of what a layer (and every service it wrapped) has done so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// It serialises (with serde) to an object of the counters below, for a `/stats` endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// `get_token` calls made, whatever their outcome.

@@ -3,16 +3,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Asked, Clock, Fetcher, Token, TokenSlot};
+use super::{Asked, Clock, Fetcher, Token, TokenAnswer};
 use crate::error::{Error, Kind};
 use crate::stats::Counters;
 
@@ -47,14 +49,36 @@ enum Reason {
     Forced,
 }
 
+/// The token a request is sent with: its header value, cloned from the current token.
+pub(crate) struct Sending {
+    pub(crate) header: HeaderValue,
+    pub(crate) generation: u64,
+    /// See [`Token::unproven_forced`].
+    pub(crate) unproven: bool,
+}
+
+impl Sending {
+    pub(crate) fn of(token: &Token) -> Self {
+        Self {
+            header: token.header.clone(),
+            generation: token.generation,
+            unproven: token.unproven_forced(),
+        }
+    }
+}
+
 /// The token cache one layer and all its services share.
 pub(crate) struct Cache {
     config: CacheConfig,
-    slot: TokenSlot,
+    /// The current token, read by every request with one lock-free load.
+    current: ArcSwapOption<Token>,
     state: Mutex<State>,
     fetcher: Fetcher,
-    /// Wakes the refresher when a new token is in the slot.
+    /// Wakes the refresher when a new token is in.
     changed: Notify,
+    /// The refresher task is alive. It clears this as it is dropped (its layer went away,
+    /// or its runtime shut down), so the next request starts another.
+    refresher_running: AtomicBool,
     pub(crate) counters: Counters,
 }
 
@@ -84,7 +108,7 @@ impl Cache {
         let forced_floor = config.min_refresh_interval;
         Self {
             config,
-            slot: TokenSlot::new(),
+            current: ArcSwapOption::empty(),
             state: Mutex::new(State {
                 inflight: None,
                 failure: None,
@@ -97,40 +121,38 @@ impl Cache {
             }),
             fetcher,
             changed: Notify::new(),
+            refresher_running: AtomicBool::new(false),
             counters: Counters::default(),
         }
     }
 
-    #[inline]
-    pub(crate) fn clock(&self) -> &Clock {
-        &self.config.clock
-    }
-
-    /// Where the current token is: the hot path checks its generation against a per-thread
-    /// copy (`crate::local`) and reads it only when a new one is in.
-    #[inline]
-    pub(crate) fn slot(&self) -> &TokenSlot {
-        &self.slot
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent across a panic in a caller: every update is one step.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Every update of the state is one step: a panic elsewhere cannot leave it half done.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The token to send now, if one is usable: one lock-free load, two clock reads and a
+    /// header clone. Starts the refresher if it is not running.
+    pub(crate) fn sending(self: &Arc<Self>) -> Option<Sending> {
+        self.ensure_refresher();
+        let current = self.current.load();
+        let token = current.as_deref()?;
+        let usable = token.is_usable(Instant::now(), self.config.clock.now());
+        usable.then(|| Sending::of(token))
+    }
+
+    /// The current token if it is usable.
     fn usable(&self) -> Option<Arc<Token>> {
         let now = Instant::now();
-        let wall = self.config.clock.wall();
-        self.slot.load_full().filter(|t| t.is_usable(now, wall))
+        let wall = self.config.clock.now();
+        self.current.load_full().filter(|t| t.is_usable(now, wall))
     }
 
     /// A usable token: the current one, a fetch in flight, the cached failure, or a new fetch.
     pub(crate) fn token(self: &Arc<Self>) -> BoxFuture<Outcome> {
+        self.ensure_refresher();
         let step = {
             let mut state = self.lock();
-            self.ensure_refresher(&mut state);
             match self.usable() {
                 Some(token) => Step::Now(Ok(token)),
                 None => self.join_or_fetch(&mut state, Reason::Demand),
@@ -145,11 +167,10 @@ impl Cache {
     /// rejection of that token, and forced fetches are at least the floor apart: within it,
     /// the replay goes out with the current token.
     pub(crate) fn after_rejection(self: &Arc<Self>, rejected: u64) -> BoxFuture<Outcome> {
+        self.ensure_refresher();
         let step = {
             let mut state = self.lock();
-            self.ensure_refresher(&mut state);
-            let current = self.usable();
-            match current {
+            match self.usable() {
                 Some(token) if token.generation != rejected => Step::Now(Ok(token)),
                 _ if state.live_inflight().is_some() || state.failing() => {
                     self.join_or_fetch(&mut state, Reason::Demand)
@@ -186,6 +207,15 @@ impl Cache {
         wait(step)
     }
 
+    /// Records that the API accepted token `generation`, if it is still the current one.
+    pub(crate) fn accepted(&self, generation: u64) {
+        if let Some(token) = self.current.load().as_deref() {
+            if token.generation == generation {
+                token.mark_accepted();
+            }
+        }
+    }
+
     /// Joins the fetch in flight, serves the cached failure, or starts a fetch.
     fn join_or_fetch(self: &Arc<Self>, state: &mut State, reason: Reason) -> Step {
         if let Some(rx) = state.live_inflight() {
@@ -215,7 +245,7 @@ impl Cache {
         Step::Wait(rx)
     }
 
-    async fn fetch(&self, reason: Reason, attempt: u32) -> Outcome {
+    async fn fetch(self: &Arc<Self>, reason: Reason, attempt: u32) -> Outcome {
         Counters::bump(&self.counters.fetches);
         match reason {
             Reason::Background => Counters::bump(&self.counters.background_refreshes),
@@ -232,38 +262,47 @@ impl Cache {
         );
         let asked = Asked {
             at: Instant::now(),
-            wall: self.config.clock.wall(),
+            wall: self.config.clock.now(),
         };
-        let result = self
-            .fetcher
-            .fetch(&self.config.clock)
-            .instrument(span.clone())
-            .await;
+        // The token client runs in a task of its own, so that its panic is a failed fetch,
+        // backed off like any other, and not a lost one.
+        let cache = Arc::clone(self);
+        let call = tokio::spawn(async move { cache.fetcher.fetch(&cache.config.clock).await });
+        let result = match call.instrument(span.clone()).await {
+            Ok(result) => result,
+            Err(e) => Err(Error::from_join(e)),
+        };
         let result = result.and_then(|answer| {
-            let header = self.header_value(&answer.token)?;
-            Ok((answer, header))
+            let header = super::header_value(&answer.token, self.config.bearer)
+                .ok_or_else(|| Error::malformed("`token` is not a valid header value"))?;
+            Ok(Obtained {
+                answer,
+                header,
+                life: self.config.lifetime,
+            })
         });
         span.record("latency_ms", asked.at.elapsed().as_millis() as u64);
         let _entered = span.enter();
         let mut state = self.lock();
         state.inflight = None;
         match result {
-            Ok((answer, header)) => {
+            Ok(obtained) => {
                 state.generation += 1;
                 state.failures_in_row = 0;
                 state.failure = None;
                 let token = Arc::new(Token::new(
-                    header,
-                    &answer,
+                    obtained.header,
+                    &obtained.answer,
                     state.generation,
                     asked,
-                    &self.config,
+                    obtained.life,
+                    self.config.refresh_ahead,
                     reason == Reason::Forced,
                 ));
-                self.slot.replace(Arc::clone(&token));
+                self.current.store(Some(Arc::clone(&token)));
                 drop(state);
-                // Wakes a refresher already waiting, and leaves no permit behind: a stored permit
-                // would make the refresher schedule the same token twice.
+                // Wakes a refresher already waiting, and leaves no permit behind: a stored
+                // permit would make the refresher schedule the same token twice.
                 self.changed.notify_waiters();
                 span.record("outcome", "ok");
                 span.record("account_id", token.account_id);
@@ -290,18 +329,6 @@ impl Cache {
         }
     }
 
-    /// The `Authorization` value for a token: raw, or `Bearer <token>` if asked; sensitive;
-    /// and whether it is static.
-    fn header_value(&self, token: &str) -> Result<(HeaderValue, bool), Error> {
-        let text = if self.config.bearer {
-            format!("Bearer {token}")
-        } else {
-            token.to_owned()
-        };
-        super::header::sensitive(text)
-            .ok_or_else(|| Error::malformed("`token` is not a valid header value"))
-    }
-
     /// How long a failure is served before the next fetch: the backoff (1 s doubling to
     /// 60 s, jitter shortening it by at most half), at least any `Retry-After`, or the
     /// cooldown for refused credentials.
@@ -317,16 +344,34 @@ impl Cache {
         jittered.max(error.retry_after().unwrap_or_default())
     }
 
-    /// Starts the background refresher on first use, or again if its runtime went away.
-    fn ensure_refresher(self: &Arc<Self>, state: &mut State) {
-        if state.closed || state.refresher.as_ref().is_some_and(|r| !r.is_finished()) {
+    /// Starts the background refresher if it is not running: on first use, and again when
+    /// the runtime that ran it has gone (a layer kept across runtimes).
+    fn ensure_refresher(self: &Arc<Self>) {
+        if !self.refresher_running.load(Ordering::Relaxed) {
+            self.start_refresher();
+        }
+    }
+
+    /// Starts the background refresher, unless every handle to the layer is gone or no
+    /// runtime is at hand.
+    fn start_refresher(self: &Arc<Self>) {
+        let mut state = self.lock();
+        if state.closed || self.refresher_running.load(Ordering::Relaxed) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        self.refresher_running.store(true, Ordering::Relaxed);
+        // The guard is moved into the task before it first runs, so that a task dropped
+        // unpolled (its runtime shut down at once) still clears the flag.
+        let running = Running(Arc::clone(self));
         let cache = Arc::clone(self);
-        state.refresher = Some(runtime.spawn(cache.refresh_loop()).abort_handle());
+        let task = runtime.spawn(async move {
+            let _running = running;
+            cache.refresh_loop().await;
+        });
+        state.refresher = Some(task.abort_handle());
     }
 
     /// Stops the refresher: called when the last handle to the layer is dropped.
@@ -344,21 +389,20 @@ impl Cache {
     async fn refresh_loop(self: Arc<Self>) {
         loop {
             let changed = self.changed.notified();
-            let token = self.usable();
-            let Some(token) = token else {
+            let Some(token) = self.usable() else {
                 changed.await;
                 continue;
             };
             tracing::debug!(
                 generation = token.generation,
                 in_ms = token
-                    .refresh_at
+                    .refresh_at()
                     .saturating_duration_since(Instant::now())
                     .as_millis() as u64,
                 "background refresh scheduled"
             );
             tokio::select! {
-                () = tokio::time::sleep_until(token.refresh_at) => {}
+                () = tokio::time::sleep_until(token.refresh_at()) => {}
                 () = changed => continue,
             }
             loop {
@@ -369,7 +413,7 @@ impl Cache {
                         // A newer token arrived, or this one expired: start over.
                         _ => break,
                     }
-                    match state.failure.as_ref() {
+                    match &state.failure {
                         Some((_, until)) if Instant::now() < *until => Err(*until),
                         _ => Ok(match state.live_inflight() {
                             Some(rx) => Step::Wait(rx),
@@ -378,16 +422,16 @@ impl Cache {
                     }
                 };
                 match step {
-                    // Wake at the token's expiry at the latest, to mark it expired.
                     Err(until) => tokio::time::sleep_until(until.min(token.usable_until())).await,
-                    Ok(step) => match expire_meanwhile(&token, wait(step)).await {
+                    Ok(step) => match wait(step).await {
                         Ok(_) => {
                             tracing::debug!("background refresh done");
                             break;
                         }
-                        Err(error) => {
-                            tracing::debug!(error = %error, "background refresh failed: keeping the current token");
-                        }
+                        Err(error) => tracing::debug!(
+                            error = %error,
+                            "background refresh failed: keeping the current token"
+                        ),
                     },
                 }
             }
@@ -397,6 +441,22 @@ impl Cache {
     /// The account id of the current token, fetching one if none is usable.
     pub(crate) async fn account_id(self: &Arc<Self>) -> Result<u64, Error> {
         Ok(self.token().await?.account_id)
+    }
+}
+
+/// A token as the fetch obtained it, with the life it has left.
+struct Obtained {
+    answer: TokenAnswer,
+    header: HeaderValue,
+    life: Duration,
+}
+
+/// Held by the refresher task: clears `refresher_running` when the task is dropped.
+struct Running(Arc<Cache>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.refresher_running.store(false, Ordering::Relaxed);
     }
 }
 
@@ -416,36 +476,14 @@ impl State {
     }
 }
 
-/// Waits for `outcome`, marking `token` expired if its time runs out meanwhile.
-async fn expire_meanwhile(token: &Token, mut outcome: BoxFuture<Outcome>) -> Outcome {
-    tokio::select! {
-        result = &mut outcome => result,
-        () = tokio::time::sleep_until(token.usable_until()) => {
-            token.expire();
-            outcome.await
-        }
-    }
-}
-
 fn wait(step: Step) -> BoxFuture<Outcome> {
     Box::pin(async move {
         match step {
             Step::Now(outcome) => outcome,
             Step::Wait(mut rx) => match rx.wait_for(Option::is_some).await {
-                Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(cancelled())),
-                Err(_) => Err(cancelled()),
+                Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(Error::cancelled())),
+                Err(_) => Err(Error::cancelled()),
             },
         }
     })
-}
-
-fn cancelled() -> Error {
-    Error::build(
-        Kind::Unavailable {
-            status: None,
-            retry_after: None,
-        },
-        Some("the token fetch was cancelled (its runtime shut down)".to_owned()),
-        None,
-    )
 }

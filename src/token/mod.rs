@@ -1,27 +1,25 @@
-//! Tokens: the credentials, the `get_token` call, the shared cache and its refresher.
-//! Everything that touches the auth service lives below this module.
+//! Tokens: the credentials, the `get_token` call, the token as the layer holds it, and the
+//! shared cache with its refresher. Everything that touches the auth service lives here.
 
 mod cache;
 mod clock;
 mod credentials;
 mod fetch;
-mod header;
 mod response;
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-pub(crate) use cache::{Cache, CacheConfig};
-pub(crate) use clock::{Clock, WallTime};
+pub(crate) use cache::{BoxFuture, Cache, CacheConfig, Outcome};
+pub(crate) use clock::Clock;
 pub use clock::{SystemClock, WallClock};
 pub use credentials::Credentials;
 pub(crate) use fetch::Fetcher;
+pub(crate) use response::TokenAnswer;
 
 /// Prints `** redacted **` in place of a secret.
 pub(crate) struct Redacted;
@@ -32,89 +30,69 @@ impl fmt::Debug for Redacted {
     }
 }
 
-/// A token the layer holds, with the header value it is sent as.
+/// A token the layer holds, with the header value it is sent as. The token's text lives
+/// only in `header`, which is dropped with the token once a newer one replaces it.
 pub(crate) struct Token {
     /// `Authorization` value: the raw token (or `Bearer <token>`), marked sensitive.
     pub(crate) header: HeaderValue,
-    /// `header` is over static bytes (see `header.rs`): its clones share no count.
-    pub(crate) static_header: bool,
     pub(crate) account_id: u64,
     pub(crate) user_id: Option<u64>,
-    /// Counts tokens this layer has held; a rejection names the generation it rejected.
+    /// Counts the tokens this layer (or its fleet) has held; a rejection names the
+    /// generation it rejected.
     pub(crate) generation: u64,
     usable_until: Instant,
-    wall_usable_until: WallTime,
+    wall_usable_until: SystemTime,
     refresh_at: Instant,
     /// Fetched because the token before it was rejected.
     forced: bool,
     /// The API has accepted this token at least once.
     proven: AtomicBool,
-    /// Set once tokio's clock has passed `usable_until` (by the refresher's timer, or by the
-    /// slow path), so the hot path reads a flag instead of the clock.
-    expired: AtomicBool,
 }
 
 /// When a token was asked for, by both clocks.
 #[derive(Clone, Copy)]
 pub(crate) struct Asked {
     pub(crate) at: Instant,
-    pub(crate) wall: WallTime,
+    pub(crate) wall: SystemTime,
 }
 
 impl Token {
-    /// A token fetched at `asked`, usable until a safety margin before its assumed expiry,
-    /// to be refreshed `refresh_ahead` (less up to 10% jitter) before that expiry.
-    fn new(
-        (header, static_header): (HeaderValue, bool),
-        answer: &response::TokenAnswer,
+    /// A token asked for at `asked` with `life` left, usable until a safety margin before
+    /// that, to be refreshed `refresh_ahead` (less up to 10% jitter) before its end.
+    pub(crate) fn new(
+        header: HeaderValue,
+        answer: &TokenAnswer,
         generation: u64,
         asked: Asked,
-        config: &CacheConfig,
+        life: Duration,
+        refresh_ahead: Duration,
         forced: bool,
     ) -> Self {
-        let lifetime = config.lifetime;
         // A request sent just before expiry must not arrive after it.
-        let margin = (lifetime / 20).min(Duration::from_secs(30));
-        let usable = lifetime - margin;
-        let jitter = config.refresh_ahead.mul_f64(0.1 * fastrand::f64());
-        let refresh_after = lifetime
-            .saturating_sub(config.refresh_ahead)
+        let margin = (life / 20).min(Duration::from_secs(30));
+        let usable = life - margin;
+        let jitter = refresh_ahead.mul_f64(0.1 * fastrand::f64());
+        let refresh_after = life
+            .saturating_sub(refresh_ahead)
             .saturating_sub(jitter)
             .min(usable);
         Self {
             header,
-            static_header,
             account_id: answer.account_id,
             user_id: answer.user_id,
             generation,
             usable_until: asked.at + usable,
-            wall_usable_until: asked.wall.saturating_add(usable),
+            wall_usable_until: asked.wall + usable,
             refresh_at: asked.at + refresh_after,
             forced,
             proven: AtomicBool::new(false),
-            expired: AtomicBool::new(false),
         }
     }
 
-    /// Whether the token may still be sent, by tokio's clock and by the wall clock; marks it
-    /// expired when it may not.
-    pub(crate) fn is_usable(&self, now: Instant, wall: WallTime) -> bool {
-        let usable = now < self.usable_until && wall < self.wall_usable_until;
-        if !usable {
-            self.expire();
-        }
-        usable
-    }
-
-    /// The hot path's check: the expiry flag (tokio's clock, set by a timer) and the wall
-    /// clock (which, unlike tokio's, runs on while the machine sleeps).
-    #[inline]
-    pub(crate) fn is_fresh(&self, wall: WallTime) -> bool {
-        !self.expired.load(Ordering::Relaxed) && wall < self.wall_usable_until
-    }
-
-    pub(crate) fn expire(&self) {
-        self.expired.store(true, Ordering::Relaxed);
+    /// Whether the token may still be sent: both tokio's clock (which tests pause) and the
+    /// wall clock (which runs on while the machine sleeps) must say so.
+    pub(crate) fn is_usable(&self, now: Instant, wall: SystemTime) -> bool {
+        now < self.usable_until && wall < self.wall_usable_until
     }
 
     /// When tokio's clock says the token may no longer be sent.
@@ -122,16 +100,18 @@ impl Token {
         self.usable_until
     }
 
-    /// Records that the API accepted this token (cheap when already recorded).
-    #[inline]
-    pub(crate) fn mark_accepted(&self) {
-        if self.forced && !self.proven.load(Ordering::Relaxed) {
-            self.proven.store(true, Ordering::Relaxed);
-        }
+    /// When the background refresh is due.
+    pub(crate) fn refresh_at(&self) -> Instant {
+        self.refresh_at
     }
 
-    /// A forced token that the API has not yet accepted.
-    #[inline]
+    /// Records that the API accepted this token.
+    pub(crate) fn mark_accepted(&self) {
+        self.proven.store(true, Ordering::Relaxed);
+    }
+
+    /// A token fetched after a rejection that the API has not accepted yet: if it is
+    /// rejected too, the fault is likely not the token.
     pub(crate) fn unproven_forced(&self) -> bool {
         self.forced && !self.proven.load(Ordering::Relaxed)
     }
@@ -147,39 +127,13 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Where the current token lives: replaced after every fetch, read by every thread the first
-/// time it sees a new generation.
-///
-/// This is the seam for a shared store (one token for a fleet behind one IP): the cache
-/// reads and replaces the current token through these calls only.
-pub(crate) struct TokenSlot {
-    current: ArcSwapOption<Token>,
-    /// The generation of the current token (0 before the first); threads compare it with
-    /// their own copy's to know the copy is current, without touching a reference count.
-    generation: AtomicU64,
-}
-
-impl TokenSlot {
-    fn new() -> Self {
-        Self {
-            current: ArcSwapOption::const_empty(),
-            generation: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn load_full(&self) -> Option<Arc<Token>> {
-        self.current.load_full()
-    }
-
-    /// The current token's generation.
-    #[inline]
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    fn replace(&self, token: Arc<Token>) {
-        let generation = token.generation;
-        self.current.store(Some(token));
-        self.generation.store(generation, Ordering::Release);
-    }
+/// The `Authorization` value for `token`: raw, or `Bearer <token>`; marked sensitive.
+pub(crate) fn header_value(token: &str, bearer: bool) -> Option<HeaderValue> {
+    let mut value = if bearer {
+        HeaderValue::try_from(format!("Bearer {token}")).ok()?
+    } else {
+        HeaderValue::try_from(token).ok()?
+    };
+    value.set_sensitive(true);
+    Some(value)
 }
