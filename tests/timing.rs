@@ -500,3 +500,94 @@ async fn with_no_traffic_the_refresher_stops_retrying_once_the_token_has_expired
     let last = *fetches.last().unwrap() - t0;
     assert!(last < Duration::from_secs(3570), "{last:?}");
 }
+
+/// A paused runtime of its own, as a test per runtime has.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// A layer kept across runtimes: its refresher dies with the first, and the first request
+/// in the next starts it again, so the token is still renewed ahead of expiry and no
+/// request waits for `get_token`.
+#[test]
+fn a_layer_kept_across_runtimes_restarts_its_refresher() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let client = layer.layer(lengow.clone().api());
+    paused_runtime().block_on(async {
+        assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+    });
+    paused_runtime().block_on(async {
+        assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+        assert_eq!(lengow.fetches().len(), 1);
+        // Past the refresh (due between 2940 s and 3000 s), before the usable end (3570 s).
+        tokio::time::sleep(Duration::from_secs(3300)).await;
+        assert_eq!(lengow.fetches().len(), 2, "the refresher did not run");
+        assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+    });
+    let stats = layer.stats();
+    assert_eq!((stats.background_refreshes, stats.token_waits), (1, 1));
+}
+
+/// Two clock reads per request, no flag set by a timer: one `advance` past the expiry, and
+/// the next request waits for a new token instead of sending the dead one.
+#[tokio::test(start_paused = true)]
+async fn one_advance_past_the_expiry_never_sends_the_expired_token() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let client = layer.layer(lengow.clone().api());
+    assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+    tokio::time::advance(Duration::from_secs(4000)).await;
+    assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+    let mock = lengow.0.lock().unwrap();
+    assert_eq!((mock.expired_used, mock.rejected), (0, 0));
+    assert_eq!(layer.stats().token_waits, 2);
+}
+
+/// A token client that panics is a failed fetch like any other: backed off, and the error
+/// says what happened.
+#[tokio::test(start_paused = true)]
+async fn a_token_client_that_panics_is_backed_off() {
+    let calls = Arc::new(Mutex::new(0));
+    let counted = Arc::clone(&calls);
+    let panicking = tower::service_fn(move |_: Request<Full<Bytes>>| {
+        *counted.lock().unwrap() += 1;
+        async move {
+            if true {
+                panic!("the token client broke");
+            }
+            Ok::<Response<Full<Bytes>>, Infallible>(Response::new(Full::default()))
+        }
+    });
+    let layer = builder().build(panicking).unwrap();
+    for _ in 0..20 {
+        let e = layer.account_id().await.unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        assert!(e.to_string().contains("panicked"), "{e}");
+        assert!(!e.to_string().contains("shut down"), "{e}");
+    }
+    assert_eq!(*calls.lock().unwrap(), 1);
+    // Once the backoff (at most 1 s) is over, one more try.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(layer.account_id().await.is_err());
+    assert_eq!(*calls.lock().unwrap(), 2);
+    assert_eq!(layer.stats().fetch_failures, 2);
+}
+
+/// A runtime built without timers: the error says to enable them.
+#[test]
+fn a_runtime_without_timers_gets_an_error_that_says_so() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let e = runtime.block_on(layer.account_id()).unwrap_err();
+    assert!(e.is_config(), "{e}");
+    assert!(e.to_string().contains("enable_time"), "{e}");
+    assert!(!e.to_string().contains("shut down"), "{e}");
+}
