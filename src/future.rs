@@ -13,6 +13,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::error::BoxError;
+use crate::rejection::{TokenRejected, Why};
 use crate::replay::{Replay, ReplayBody};
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -25,20 +26,22 @@ pin_project! {
         S: Service<Request<ReplayBody<B>>>,
     {
         #[pin]
-        state: State<S::Future, B>,
+        state: State<S::Future, B, S::Response>,
         service: S,
         shared: Arc<Shared>,
-        plan: Plan<B>,
+        // The request's head before the token went in: `None` for a request to another
+        // origin, or when replays are off.
+        head: Option<Head>,
+        // What the replay's body is made from: `None` when the body was not kept.
+        replay: Option<Replay<B>>,
         // The token the request was last sent with.
         generation: u64,
-        // That token was fetched after a rejection and is not yet known to be accepted.
-        unproven: bool,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B> {
+    enum State<F, B, T> {
         // No usable token when called: waiting for one.
         Token {
             token: BoxFuture<Outcome>,
@@ -49,10 +52,11 @@ pin_project! {
             #[pin]
             future: F,
         },
-        // Rejected: waiting for the token to replay with.
+        // Rejected: waiting for a newer token to replay with.
         Refresh {
             token: BoxFuture<Outcome>,
             request: Option<Request<ReplayBody<B>>>,
+            rejection: Option<T>,
         },
         // Waiting for the inner service to be ready for the replay.
         Ready {
@@ -66,20 +70,8 @@ pin_project! {
     }
 }
 
-/// What the future may do after a rejection.
-// The head is kept inline: the future is as large as it anyway, and a box would cost every
-// request an allocation.
-#[allow(clippy::large_enum_variant)]
-enum Plan<B> {
-    /// Not a Lengow request: no token, no replay.
-    Passthrough,
-    /// Rejections are returned as they are: no `refresh_on` status, or a body too large.
-    NoReplay,
-    /// What it takes to send the request again.
-    Replay { head: Head, body: Replay<B> },
-}
-
 /// The head of a request, cloned before the token goes in, to build its replay.
+#[derive(Clone)]
 struct Head {
     method: Method,
     uri: Uri,
@@ -121,48 +113,49 @@ where
             tracing::debug!(uri = %parts.uri, "request to another origin: sent without a token");
             let request = Request::from_parts(parts, ReplayBody::passthrough(body));
             let future = service.call(request);
-            return Self::with(State::First { future }, service, shared, Plan::Passthrough);
+            return Self::with(State::First { future }, service, shared);
         }
         let request = Request::from_parts(parts, body);
-        match shared.cache.sending() {
-            Some(sending) => {
-                let (future, plan) = send(&mut service, &shared, request, sending.header);
-                let mut future = Self::with(State::First { future }, service, shared, plan);
-                future.generation = sending.generation;
-                future.unproven = sending.unproven;
-                future
-            }
-            None => {
-                tracing::trace!("no usable token: waiting for one");
-                Counters::bump(&shared.cache.counters.token_waits);
-                let state = State::Token {
-                    token: shared.cache.token(),
-                    request: Some(request),
-                };
-                Self::with(state, service, shared, Plan::NoReplay)
-            }
+        let Some(sending) = shared.cache.sending() else {
+            tracing::trace!("no usable token: waiting for one");
+            Counters::bump(&shared.cache.counters.token_waits);
+            let state = State::Token {
+                token: shared.cache.token(),
+                request: Some(request),
+            };
+            return Self::with(state, service, shared);
+        };
+        let (future, head, replay) = send(&mut service, &shared, request, sending.header);
+        Self {
+            state: State::First { future },
+            service,
+            shared,
+            head,
+            replay,
+            generation: sending.generation,
         }
     }
 
-    fn with(state: State<S::Future, B>, service: S, shared: Arc<Shared>, plan: Plan<B>) -> Self {
+    fn with(state: State<S::Future, B, S::Response>, service: S, shared: Arc<Shared>) -> Self {
         Self {
             state,
             service,
             shared,
-            plan,
+            head: None,
+            replay: None,
             generation: 0,
-            unproven: false,
         }
     }
 }
 
-/// Sends `request` with the token `header`, keeping what a replay needs.
+/// Sends `request` with the token `header`; gives the call's future and what a replay
+/// needs: the head (unless replays are off) and the body's replay (unless not kept).
 fn send<S, B>(
     service: &mut S,
     shared: &Shared,
     mut request: Request<B>,
     header: HeaderValue,
-) -> (S::Future, Plan<B>)
+) -> (S::Future, Option<Head>, Option<Replay<B>>)
 where
     S: Service<Request<ReplayBody<B>>>,
     B: Body,
@@ -170,14 +163,11 @@ where
     let head = (!shared.refresh_on.is_empty()).then(|| Head::of(&request));
     request.headers_mut().insert(header::AUTHORIZATION, header);
     let (parts, body) = request.into_parts();
-    let (body, plan) = match head {
-        None => (ReplayBody::passthrough(body), Plan::NoReplay),
-        Some(head) => match ReplayBody::keep(body, shared.replay_body_limit) {
-            (body, Some(replay)) => (body, Plan::Replay { head, body: replay }),
-            (body, None) => (body, Plan::NoReplay),
-        },
+    let (body, replay) = match head {
+        Some(_) => ReplayBody::keep(body, shared.replay_body_limit),
+        None => (ReplayBody::passthrough(body), None),
     };
-    (service.call(Request::from_parts(parts, body)), plan)
+    (service.call(Request::from_parts(parts, body)), head, replay)
 }
 
 impl<S, B, R> Future for ResponseFuture<S, B>
@@ -196,59 +186,67 @@ where
                     let token = ready!(token.as_mut().poll(cx))?;
                     let request = take(request);
                     let header = token.header.clone();
-                    let (future, plan) = send(this.service, this.shared, request, header);
-                    *this.plan = plan;
+                    let (future, head, replay) = send(this.service, this.shared, request, header);
+                    (*this.head, *this.replay) = (head, replay);
                     *this.generation = token.generation;
-                    *this.unproven = token.unproven_forced();
                     this.state.set(State::First { future });
                 }
                 StateProj::First { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let shared: &Shared = this.shared;
-                    if matches!(this.plan, Plan::Passthrough) {
+                    // A request to another origin, or replays off: the response as it is.
+                    let Some(head) = this.head.as_ref() else {
                         return Poll::Ready(Ok(response));
-                    }
-                    if !shared.refresh_on.contains(&response.status()) {
-                        if *this.unproven {
-                            shared.cache.accepted(*this.generation);
-                        }
-                        return Poll::Ready(Ok(response));
-                    }
-                    let replay = match std::mem::replace(this.plan, Plan::NoReplay) {
-                        Plan::Replay { head, body } => body.body().map(|b| head.into_request(b)),
-                        _ => None,
                     };
-                    let Some(request) = replay else {
-                        Counters::bump(&shared.cache.counters.replays_skipped);
-                        tracing::debug!(
-                            status = response.status().as_u16(),
-                            "request rejected: not replayed, its body was not kept"
-                        );
-                        // The token is still refreshed, under the same rules as for a
-                        // replay, so that the next request goes out with a good one; the
-                        // fetch runs in its own task.
-                        drop(shared.cache.after_rejection(*this.generation));
+                    if !shared.refresh_on.contains(&response.status()) {
+                        shared.routes.accepted(&head.method, &head.uri);
                         return Poll::Ready(Ok(response));
+                    }
+                    let counters = &shared.cache.counters;
+                    if shared.routes.rejects(&head.method, &head.uri) {
+                        Counters::bump(&counters.rejected_on_known_routes);
+                        return Poll::Ready(Ok(returned(response, Why::KnownRoute)));
+                    }
+                    let body = this.replay.take().and_then(|replay| replay.body());
+                    let token = shared.cache.after_rejection(*this.generation);
+                    let Some(body) = body else {
+                        // The token is still refreshed, under the same rules, so that the
+                        // next request goes out with a good one: the fetch runs in its own
+                        // task, and nobody needs to wait for it here.
+                        drop(token);
+                        Counters::bump(&counters.replays_skipped);
+                        return Poll::Ready(Ok(returned(response, Why::BodyNotKept)));
+                    };
+                    let Some(token) = token else {
+                        Counters::bump(&counters.rejected_within_floor);
+                        return Poll::Ready(Ok(returned(response, Why::Floor)));
                     };
                     tracing::debug!(
                         status = response.status().as_u16(),
                         generation = *this.generation,
-                        "request rejected: refreshing the token to replay it"
+                        "request rejected: waiting for a newer token to replay it"
                     );
-                    let token = shared.cache.after_rejection(*this.generation);
+                    let request = head.clone().into_request(body);
                     this.state.set(State::Refresh {
                         token,
                         request: Some(request),
+                        rejection: Some(response),
                     });
                 }
-                StateProj::Refresh { token, request } => {
-                    let token = ready!(token.as_mut().poll(cx))?;
+                StateProj::Refresh {
+                    token,
+                    request,
+                    rejection,
+                } => {
+                    let Ok(token) = ready!(token.as_mut().poll(cx)) else {
+                        Counters::bump(&this.shared.cache.counters.rejected_without_token);
+                        return Poll::Ready(Ok(returned(take(rejection), Why::NoToken)));
+                    };
                     let mut request = take(request);
                     request
                         .headers_mut()
                         .insert(header::AUTHORIZATION, token.header.clone());
                     *this.generation = token.generation;
-                    *this.unproven = token.unproven_forced();
                     this.state.set(State::Ready {
                         request: Some(request),
                     });
@@ -263,20 +261,34 @@ where
                 StateProj::Second { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let shared: &Shared = this.shared;
-                    if shared.refresh_on.contains(&response.status()) {
-                        Counters::bump(&shared.cache.counters.rejected_after_replay);
-                        tracing::debug!(
-                            status = response.status().as_u16(),
-                            "replay rejected too: returning the rejection"
-                        );
-                    } else if *this.unproven {
-                        shared.cache.accepted(*this.generation);
+                    let rejected = shared.refresh_on.contains(&response.status());
+                    shared.cache.replayed(*this.generation, !rejected);
+                    let Some(head) = this.head.as_ref() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    if !rejected {
+                        shared.routes.accepted(&head.method, &head.uri);
+                        return Poll::Ready(Ok(response));
                     }
-                    return Poll::Ready(Ok(response));
+                    Counters::bump(&shared.cache.counters.rejected_after_replay);
+                    Counters::bump(&shared.cache.counters.routes_learnt);
+                    shared.routes.learn(&head.method, &head.uri);
+                    return Poll::Ready(Ok(returned(response, Why::ReplayRejected)));
                 }
             }
         }
     }
+}
+
+/// A rejection returned to the caller as it is, marked with why.
+fn returned<R>(mut response: Response<R>, why: Why) -> Response<R> {
+    tracing::debug!(
+        status = response.status().as_u16(),
+        why = ?why,
+        "request rejected: returning the rejection"
+    );
+    response.extensions_mut().insert(TokenRejected::new(why));
+    response
 }
 
 /// The value a state holds until it moves on; a state is polled past it only once.

@@ -14,6 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::{BoxError, Error};
+use crate::rejection::Routes;
 use crate::service::LengowAuth;
 use crate::shared::{Handle, Origin, Shared};
 use crate::stats::Stats;
@@ -267,6 +268,7 @@ impl LengowAuthBuilder {
             origin,
             refresh_on: self.refresh_on,
             replay_body_limit: self.replay_body_limit,
+            routes: Routes::new(self.token_lifetime),
         };
         Ok(LengowAuthLayer {
             handle: Arc::new(Handle(Arc::new(shared))),

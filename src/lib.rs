@@ -53,6 +53,7 @@
 mod error;
 mod future;
 mod layer;
+mod rejection;
 mod replay;
 mod service;
 mod shared;
@@ -77,6 +78,8 @@ pub use layer::{
     DEFAULT_MIN_REFRESH_INTERVAL, DEFAULT_REFRESH_AHEAD, DEFAULT_REPLAY_BODY_LIMIT,
     DEFAULT_TOKEN_LIFETIME, LengowAuthBuilder, LengowAuthLayer,
 };
+#[doc(inline)]
+pub use rejection::TokenRejected;
 #[doc(inline)]
 pub use replay::ReplayBody;
 #[doc(inline)]

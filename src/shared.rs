@@ -8,6 +8,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, StatusCode, Uri, header};
 
 use crate::error::Error;
+use crate::rejection::Routes;
 use crate::token::Cache;
 
 /// The cache and the settings; futures hold it by `Arc` while they may need it.
@@ -17,6 +18,8 @@ pub(crate) struct Shared {
     pub(crate) origin: Origin,
     pub(crate) refresh_on: Vec<StatusCode>,
     pub(crate) replay_body_limit: usize,
+    /// Routes whose rejections force no refresh.
+    pub(crate) routes: Routes,
 }
 
 /// A handle to the shared state held by the layer and its services. When the last one is

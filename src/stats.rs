@@ -20,12 +20,21 @@ pub struct Stats {
     /// Requests sent a second time after a rejection.
     pub replays: u64,
     /// Rejected requests not replayed because their body was over `replay_body_limit`
-    /// or not fully sent.
+    /// or could not be kept.
     pub replays_skipped: u64,
     /// Replayed requests that were rejected again; the caller got that rejection.
     pub rejected_after_replay: u64,
     /// Requests that found no usable token and waited for a fetch (or its cached failure).
     pub token_waits: u64,
+    /// Rejections returned as they were because the floor between forced refreshes held
+    /// and no newer token was at hand.
+    pub rejected_within_floor: u64,
+    /// Rejections returned as they were because no newer token could be fetched.
+    pub rejected_without_token: u64,
+    /// Rejections returned at once, on a route known to reject fresh tokens.
+    pub rejected_on_known_routes: u64,
+    /// Times a route was found rejecting a fresh token, and remembered.
+    pub routes_learnt: u64,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +47,10 @@ pub(crate) struct Counters {
     pub(crate) replays_skipped: AtomicU64,
     pub(crate) rejected_after_replay: AtomicU64,
     pub(crate) token_waits: AtomicU64,
+    pub(crate) rejected_within_floor: AtomicU64,
+    pub(crate) rejected_without_token: AtomicU64,
+    pub(crate) rejected_on_known_routes: AtomicU64,
+    pub(crate) routes_learnt: AtomicU64,
 }
 
 impl Counters {
@@ -56,6 +69,10 @@ impl Counters {
             replays_skipped: read(&self.replays_skipped),
             rejected_after_replay: read(&self.rejected_after_replay),
             token_waits: read(&self.token_waits),
+            rejected_within_floor: read(&self.rejected_within_floor),
+            rejected_without_token: read(&self.rejected_without_token),
+            rejected_on_known_routes: read(&self.rejected_on_known_routes),
+            routes_learnt: read(&self.routes_learnt),
         }
     }
 }

@@ -9,6 +9,7 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use lengow_auth::LengowAuthLayer;
+use lengow_auth::TokenRejected;
 use lengow_auth::testing::FakeLengow;
 use tower::ServiceExt;
 
@@ -124,33 +125,37 @@ async fn a_revocation_costs_one_fetch_and_replays_bodies_byte_for_byte() {
     assert_eq!(stats.replays, fake.rejected_requests() as u64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_that_always_rejects_costs_two_attempts_and_few_fetches() {
+/// A route that rejects every token costs one forced fetch and one replay, once: then it is
+/// known, and its rejections come back at once, marked, without a fetch.
+#[tokio::test]
+async fn a_route_that_always_rejects_is_learnt_after_one_forced_fetch() {
     let fake = FakeLengow::start().await;
     fake.set_route_status("/v3.0/always-401", StatusCode::UNAUTHORIZED);
-    let layer = builder(&fake)
-        .min_refresh_interval(Duration::from_millis(500))
-        .build(token_client())
-        .unwrap();
+    let layer = builder(&fake).build(token_client()).unwrap();
     let client = client::<Full<Bytes>>(&layer);
-    let started = tokio::time::Instant::now();
-    let mut i = 0;
-    while started.elapsed() < Duration::from_secs(2) {
+    for i in 0..50 {
         let id = format!("a{i}");
         let request = http::Request::get(url(&fake, "/v3.0/always-401"))
             .header("x-request-id", &id)
             .body(Full::default())
             .unwrap();
-        let (response, _) = send(&client, request).await.unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(fake.attempts(&id), 2, "{id}");
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(8)).await;
+        let rejected = response.extensions().get::<TokenRejected>().unwrap();
+        assert_eq!(rejected.replayed(), i == 0, "{id}: {rejected}");
+        assert_eq!(rejected.known_route(), i > 0, "{id}: {rejected}");
+        assert_eq!(fake.attempts(&id), if i == 0 { 2 } else { 1 }, "{id}");
     }
-    assert!(i >= 50, "only {i} requests in 2 s");
-    // One cold fetch, then forced ones at 0, 0.5 s and 1.5 s as the floor doubles.
-    let fetches = fake.token_fetches();
-    assert!((2..=4).contains(&fetches), "{fetches} fetches");
+    assert_eq!(fake.token_fetches(), 2);
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.routes_learnt, stats.rejected_on_known_routes),
+        (1, 49)
+    );
+    // Other routes still work, with the token the forced fetch brought.
+    let (response, _) = send(&client, get(&fake, "/v3.0/orders")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fake.token_fetches(), 2);
 }
 
 #[tokio::test]

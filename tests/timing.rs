@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use lengow_auth::testing::ManualClock;
-use lengow_auth::{LengowAuthBuilder, LengowAuthLayer, ReplayBody};
+use lengow_auth::{LengowAuthBuilder, LengowAuthLayer, ReplayBody, TokenRejected};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -33,6 +33,8 @@ struct Mock {
     requests: usize,
     rejected: usize,
     always_reject: bool,
+    /// Paths that answer 403 to every token, as a route the account has no right to.
+    forbidden: Vec<&'static str>,
     /// `get_token` answers 503 between these instants.
     outage: Option<(Instant, Instant)>,
     /// API requests that carried a token past its lifetime.
@@ -158,7 +160,9 @@ impl Lengow {
                     mock.expired_used += 1;
                 }
                 let mut response = Response::new(Empty::new());
-                if !live || mock.always_reject {
+                if mock.forbidden.contains(&request.uri().path()) {
+                    *response.status_mut() = StatusCode::FORBIDDEN;
+                } else if !live || mock.always_reject {
                     mock.rejected += 1;
                     *response.status_mut() = StatusCode::UNAUTHORIZED;
                 }
@@ -326,6 +330,9 @@ async fn a_machine_that_slept_past_expiry_does_not_send_the_dead_token() {
     assert_eq!(layer.stats().token_waits, 2);
 }
 
+/// Rejections on ever new routes that reject every token: each forced token fails to cure
+/// the request that forced it, so the floor doubles, and rejections within it come back at
+/// once, never replayed with the token they rejected.
 #[tokio::test(start_paused = true)]
 async fn forced_refreshes_keep_a_doubling_floor_while_fresh_tokens_are_rejected() {
     let lengow = Lengow::new(Duration::from_secs(3600));
@@ -336,18 +343,23 @@ async fn forced_refreshes_keep_a_doubling_floor_while_fresh_tokens_are_rejected(
         .unwrap();
     let client = layer.layer(lengow.clone().api());
     let started = Instant::now();
+    let mut i = 0;
     while started.elapsed() < Duration::from_secs(20) {
-        assert_eq!(status(&client).await.unwrap(), StatusCode::UNAUTHORIZED);
+        let request = Request::get(format!("/v3.0/route-{i}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.extensions().get::<TokenRejected>().is_some());
+        i += 1;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The cold fetch, then forced ones at 0, 1, 3, 7 and 15 s.
-    assert_eq!(
-        lengow.fetched_after(started),
-        vec![0, 0, 1000, 3000, 7000, 15000]
-    );
+    // The cold fetch, then forced ones at 0, 2, 6 and 14 s as the floor doubles from 1 s.
+    assert_eq!(lengow.fetched_after(started), vec![0, 0, 2000, 6000, 14000]);
     let stats = layer.stats();
-    assert_eq!(stats.forced_refreshes, 5);
-    assert_eq!(stats.replays, stats.rejected_after_replay);
+    assert_eq!((stats.forced_refreshes, stats.replays), (4, 4));
+    assert_eq!(stats.rejected_after_replay, 4);
+    assert_eq!(stats.rejected_within_floor, i - 4);
 }
 
 /// A forced token the API accepts on its first send (not on a replay) is recorded as
@@ -590,4 +602,75 @@ fn a_runtime_without_timers_gets_an_error_that_says_so() {
     assert!(e.is_config(), "{e}");
     assert!(e.to_string().contains("enable_time"), "{e}");
     assert!(!e.to_string().contains("shut down"), "{e}");
+}
+
+/// A route the account has no right to, called every 50 ms for three hours beside normal
+/// traffic: a few fetches in all (not one per floor), every normal request succeeds, and a
+/// real revocation afterwards is cured by one fetch on the next request.
+#[tokio::test(start_paused = true)]
+async fn a_forbidden_route_beside_normal_traffic_costs_a_few_fetches() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    lengow.0.lock().unwrap().forbidden.push("/v3.0/forbidden");
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let client = layer.layer(lengow.clone().api());
+    let send = |path: &str| {
+        let request = Request::get(path).body(Empty::<Bytes>::new()).unwrap();
+        client.clone().oneshot(request)
+    };
+    let started = Instant::now();
+    let mut replayed = 0;
+    while started.elapsed() < Duration::from_secs(3 * 3600) {
+        let response = send("/v3.0/forbidden").await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let rejected = response.extensions().get::<TokenRejected>().unwrap();
+        replayed += usize::from(rejected.replayed());
+        assert_eq!(send("/v3.0/orders").await.unwrap().status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The cold fetch, the background refreshes (about one every 50 minutes), and one forced
+    // fetch each time the route is learnt again (it is forgotten after a token lifetime).
+    let fetches = lengow.fetches().len();
+    let stats = layer.stats();
+    assert_eq!(stats.forced_refreshes as usize, replayed);
+    assert!(replayed <= 3, "{replayed} forced fetches");
+    assert!(fetches <= 8, "{fetches} fetches: {stats:?}");
+    assert_eq!(
+        stats.forced_refreshes + stats.background_refreshes + 1,
+        fetches as u64
+    );
+
+    // A real revocation: the next normal request is cured by one fetch.
+    lengow.revoke();
+    let response = send("/v3.0/orders").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(lengow.fetches().len(), fetches + 1);
+}
+
+/// A second revocation inside the floor: the rejection comes back at once, marked, and no
+/// attempt goes out again with the token that was rejected.
+#[tokio::test(start_paused = true)]
+async fn a_second_revocation_inside_the_floor_is_returned_not_replayed() {
+    let lengow = Lengow::new(Duration::from_secs(3600));
+    let layer = builder().build(lengow.clone().token_client()).unwrap();
+    let client = layer.layer(lengow.clone().api());
+    assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+    lengow.revoke();
+    assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+    let requests = lengow.0.lock().unwrap().requests;
+    lengow.revoke();
+    let response = client.clone().oneshot(get()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let rejected = response.extensions().get::<TokenRejected>().unwrap();
+    assert!(!rejected.replayed(), "{rejected}");
+    assert!(
+        rejected.to_string().contains("min_refresh_interval"),
+        "{rejected}"
+    );
+    assert_eq!(lengow.0.lock().unwrap().requests, requests + 1);
+    assert_eq!(lengow.fetches().len(), 2);
+    // Past the floor, the next rejection forces one fetch and is cured.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(status(&client).await.unwrap(), StatusCode::OK);
+    assert_eq!(lengow.fetches().len(), 3);
+    assert_eq!(layer.stats().rejected_within_floor, 1);
 }

@@ -53,18 +53,6 @@ enum Reason {
 pub(crate) struct Sending {
     pub(crate) header: HeaderValue,
     pub(crate) generation: u64,
-    /// See [`Token::unproven_forced`].
-    pub(crate) unproven: bool,
-}
-
-impl Sending {
-    pub(crate) fn of(token: &Token) -> Self {
-        Self {
-            header: token.header.clone(),
-            generation: token.generation,
-            unproven: token.unproven_forced(),
-        }
-    }
 }
 
 /// The token cache one layer and all its services share.
@@ -91,6 +79,8 @@ struct State {
     generation: u64,
     last_forced: Option<Instant>,
     forced_floor: Duration,
+    /// The last forced token whose replay moved the floor.
+    floor_judged: u64,
     refresher: Option<AbortHandle>,
     /// Every handle to the layer is gone: requests still in flight may fetch, but no
     /// refresher starts again.
@@ -116,6 +106,7 @@ impl Cache {
                 generation: 0,
                 last_forced: None,
                 forced_floor,
+                floor_judged: 0,
                 refresher: None,
                 closed: false,
             }),
@@ -138,7 +129,10 @@ impl Cache {
         let current = self.current.load();
         let token = current.as_deref()?;
         let usable = token.is_usable(Instant::now(), self.config.clock.now());
-        usable.then(|| Sending::of(token))
+        usable.then(|| Sending {
+            header: token.header.clone(),
+            generation: token.generation,
+        })
     }
 
     /// The current token if it is usable.
@@ -161,59 +155,69 @@ impl Cache {
         wait(step)
     }
 
-    /// A token to replay with after the API rejected token `rejected`.
+    /// A token newer than `rejected` to replay with, after the API rejected that one; `None`
+    /// when none can be had because the floor between forced refreshes holds.
     ///
-    /// A newer usable token is returned as is. Otherwise one forced fetch is shared by every
-    /// rejection of that token, and forced fetches are at least the floor apart: within it,
-    /// the replay goes out with the current token.
-    pub(crate) fn after_rejection(self: &Arc<Self>, rejected: u64) -> BoxFuture<Outcome> {
+    /// A newer usable token, or a fetch in flight, is used as is. A rejection of the current
+    /// token forces one fetch, shared by every rejection of it, at least the floor after the
+    /// last forced one. A cached failure is served at once.
+    pub(crate) fn after_rejection(self: &Arc<Self>, rejected: u64) -> Option<BoxFuture<Outcome>> {
         self.ensure_refresher();
-        let step = {
-            let mut state = self.lock();
-            match self.usable() {
-                Some(token) if token.generation != rejected => Step::Now(Ok(token)),
-                _ if state.live_inflight().is_some() || state.failing() => {
-                    self.join_or_fetch(&mut state, Reason::Demand)
+        let mut state = self.lock();
+        let step = match self.usable() {
+            Some(token) if token.generation != rejected => Step::Now(Ok(token)),
+            // An expired token: an ordinary fetch, not a forced one.
+            None => self.join_or_fetch(&mut state, Reason::Demand),
+            Some(_) if state.live_inflight().is_some() || state.failing() => {
+                self.join_or_fetch(&mut state, Reason::Demand)
+            }
+            Some(_) => {
+                let now = Instant::now();
+                if state
+                    .last_forced
+                    .is_some_and(|last| now < last + state.forced_floor)
+                {
+                    tracing::debug!(
+                        floor_ms = state.forced_floor.as_millis() as u64,
+                        "forced refresh skipped: too soon after the last one"
+                    );
+                    return None;
                 }
-                Some(token) => {
-                    let now = Instant::now();
-                    let too_soon = state
-                        .last_forced
-                        .is_some_and(|last| now < last + state.forced_floor);
-                    if too_soon {
-                        tracing::debug!(
-                            floor_ms = state.forced_floor.as_millis() as u64,
-                            "forced refresh skipped: too soon after the last one"
-                        );
-                        Step::Now(Ok(token))
-                    } else {
-                        state.forced_floor = if token.unproven_forced() {
-                            (state.forced_floor * 2).min(self.config.lifetime)
-                        } else {
-                            self.config.min_refresh_interval
-                        };
-                        state.last_forced = Some(now);
-                        tracing::debug!(
-                            generation = rejected,
-                            next_floor_ms = state.forced_floor.as_millis() as u64,
-                            "token rejected by the api: forcing a refresh"
-                        );
-                        self.join_or_fetch(&mut state, Reason::Forced)
-                    }
-                }
-                None => self.join_or_fetch(&mut state, Reason::Demand),
+                state.last_forced = Some(now);
+                tracing::debug!(
+                    generation = rejected,
+                    "token rejected by the api: forcing a refresh"
+                );
+                self.join_or_fetch(&mut state, Reason::Forced)
             }
         };
-        wait(step)
+        Some(wait(step))
     }
 
-    /// Records that the API accepted token `generation`, if it is still the current one.
-    pub(crate) fn accepted(&self, generation: u64) {
-        if let Some(token) = self.current.load().as_deref() {
-            if token.generation == generation {
-                token.mark_accepted();
-            }
+    /// Records whether a replay with token `generation` was accepted. If that token was
+    /// forced by a rejection, the floor resets when it cured the request, and doubles (up to
+    /// the token lifetime) when it did not: then the fault is likely not the token.
+    pub(crate) fn replayed(&self, generation: u64, cured: bool) {
+        let forced = self
+            .current
+            .load()
+            .as_deref()
+            .is_some_and(|t| t.generation == generation && t.forced);
+        let mut state = self.lock();
+        if !forced || state.floor_judged >= generation {
+            return;
         }
+        state.floor_judged = generation;
+        state.forced_floor = if cured {
+            self.config.min_refresh_interval
+        } else {
+            (state.forced_floor * 2).min(self.config.lifetime)
+        };
+        tracing::debug!(
+            cured,
+            floor_ms = state.forced_floor.as_millis() as u64,
+            "forced token judged by its replay"
+        );
     }
 
     /// Joins the fetch in flight, serves the cached failure, or starts a fetch.

@@ -8,7 +8,6 @@ mod fetch;
 mod response;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
@@ -44,9 +43,7 @@ pub(crate) struct Token {
     wall_usable_until: SystemTime,
     refresh_at: Instant,
     /// Fetched because the token before it was rejected.
-    forced: bool,
-    /// The API has accepted this token at least once.
-    proven: AtomicBool,
+    pub(crate) forced: bool,
 }
 
 /// When a token was asked for, by both clocks.
@@ -85,7 +82,6 @@ impl Token {
             wall_usable_until: asked.wall + usable,
             refresh_at: asked.at + refresh_after,
             forced,
-            proven: AtomicBool::new(false),
         }
     }
 
@@ -103,17 +99,6 @@ impl Token {
     /// When the background refresh is due.
     pub(crate) fn refresh_at(&self) -> Instant {
         self.refresh_at
-    }
-
-    /// Records that the API accepted this token.
-    pub(crate) fn mark_accepted(&self) {
-        self.proven.store(true, Ordering::Relaxed);
-    }
-
-    /// A token fetched after a rejection that the API has not accepted yet: if it is
-    /// rejected too, the fault is likely not the token.
-    pub(crate) fn unproven_forced(&self) -> bool {
-        self.forced && !self.proven.load(Ordering::Relaxed)
     }
 }
 
