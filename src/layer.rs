@@ -222,17 +222,31 @@ impl LengowAuthBuilder {
         B::Error: Into<BoxError>,
     {
         let origin = Origin::parse(&self.api_url)?;
-        if self.token_lifetime.is_zero() {
-            return Err(Error::config("token_lifetime must be more than zero"));
+        // Longer than a day is a unit mistake, not a Lengow token (which lives an hour).
+        let day = Duration::from_secs(24 * 3600);
+        for (name, value) in [
+            ("token_lifetime", self.token_lifetime),
+            ("fetch_timeout", self.fetch_timeout),
+            ("min_refresh_interval", self.min_refresh_interval),
+            (
+                "invalid_credentials_cooldown",
+                self.invalid_credentials_cooldown,
+            ),
+        ] {
+            if value.is_zero() && name != "min_refresh_interval" {
+                return Err(Error::config(format!("{name} must be more than zero")));
+            }
+            if value > day {
+                return Err(Error::config(format!(
+                    "{name} ({value:?}) must be at most a day"
+                )));
+            }
         }
         if self.refresh_ahead >= self.token_lifetime {
             return Err(Error::config(format!(
                 "refresh_ahead ({:?}) must be shorter than token_lifetime ({:?})",
                 self.refresh_ahead, self.token_lifetime
             )));
-        }
-        if self.fetch_timeout.is_zero() {
-            return Err(Error::config("fetch_timeout must be more than zero"));
         }
         if self.credentials.access_token.is_empty() || self.credentials.secret.is_empty() {
             return Err(Error::config(
@@ -307,6 +321,41 @@ impl fmt::Debug for LengowAuthBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_out_of_range_are_build_errors() {
+        let client = tower::service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Full::<Bytes>::default()))
+        });
+        let builder = || LengowAuthLayer::builder(Credentials::new("a", "s"));
+        let day = Duration::from_secs(24 * 3600);
+        for (builder, named) in [
+            (builder().token_lifetime(Duration::ZERO), "token_lifetime"),
+            (builder().token_lifetime(day * 2), "token_lifetime"),
+            (builder().fetch_timeout(Duration::ZERO), "fetch_timeout"),
+            (
+                builder().min_refresh_interval(Duration::MAX),
+                "min_refresh_interval",
+            ),
+            (
+                builder().invalid_credentials_cooldown(day + Duration::from_secs(1)),
+                "invalid_credentials_cooldown",
+            ),
+            (
+                builder().refresh_ahead(Duration::from_secs(3600)),
+                "refresh_ahead",
+            ),
+        ] {
+            let e = builder.build(client.clone()).unwrap_err();
+            assert!(e.is_config() && e.to_string().contains(named), "{e}");
+        }
+        assert!(
+            builder()
+                .min_refresh_interval(Duration::ZERO)
+                .build(client)
+                .is_ok()
+        );
+    }
 
     #[test]
     fn token_endpoint_keeps_the_prefix() {

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::Error;
+use crate::error::Error;
 
 /// The environment variable [`Credentials::from_env`] reads the access token from.
 pub(crate) const ACCESS_TOKEN_ENV: &str = "LENGOW_ACCESS_TOKEN";
