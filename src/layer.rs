@@ -346,7 +346,7 @@ mod tests {
                 "refresh_ahead",
             ),
         ] {
-            let e = builder.build(client.clone()).unwrap_err();
+            let e = builder.build(client).unwrap_err();
             assert!(e.is_config() && e.to_string().contains(named), "{e}");
         }
         assert!(
