@@ -68,7 +68,9 @@ async fn main() -> Result<(), BoxError> {
     let account_id = layer.account_id().await?;
     let state = AppState {
         lengow,
-        orders_url: format!("http://{}/v3.0/orders?account_id={account_id}", fake.addr()).into(),
+        orders_url: fake
+            .url(&format!("/v3.0/orders?account_id={account_id}"))
+            .into(),
     };
 
     let app = Router::new()

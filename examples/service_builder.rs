@@ -88,7 +88,7 @@ async fn main() -> Result<(), BoxError> {
         .service(Client::builder(TokioExecutor::new()).build_http());
 
     let account_id = layer.account_id().await?;
-    let orders = format!("http://{}/v3.0/orders?account_id={account_id}", fake.addr());
+    let orders = fake.url(&format!("/v3.0/orders?account_id={account_id}"));
 
     // 1. A burst through the limit: every call reuses the one token.
     let mut burst = tokio::task::JoinSet::new();
@@ -115,7 +115,7 @@ async fn main() -> Result<(), BoxError> {
     // 2. Lengow revokes the token: the call is rejected, refreshed and replayed, inside one
     //    trace span, one permit and one deadline.
     fake.revoke_all_tokens();
-    let ship = Request::post(format!("http://{}/v3.0/orders/actions/", fake.addr()))
+    let ship = Request::post(fake.url("/v3.0/orders/actions/"))
         .header("x-request-id", "ship-1")
         .body(Full::from(format!(
             "account_id={account_id}&action_type=ship"

@@ -249,7 +249,7 @@ mod tests {
         let lengow: LengowClient<Empty<Bytes>> = layer.layer(https());
         let account_id = layer.account_id().await.unwrap();
         for _ in 0..3 {
-            let uri = format!("http://{}/v3.0/orders?account_id={account_id}", fake.addr());
+            let uri = fake.url(&format!("/v3.0/orders?account_id={account_id}"));
             let request = http::Request::get(uri).body(Empty::new()).unwrap();
             let response = lengow.clone().oneshot(request).await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);

@@ -27,7 +27,7 @@
 //!     .service(Client::builder(TokioExecutor::new()).build_http::<_>());
 //!
 //! let account_id = layer.account_id().await?;
-//! let uri = format!("{}/v3.0/orders?account_id={account_id}", lengow.uri());
+//! let uri = lengow.url(&format!("/v3.0/orders?account_id={account_id}"));
 //! let request = http::Request::get(uri).body(Empty::<bytes::Bytes>::new())?;
 //! let response = client.oneshot(request).await?;
 //! assert_eq!(response.status(), 200);

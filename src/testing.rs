@@ -3,10 +3,10 @@
 //!
 //! It mimics what Lengow does, as the crate's design records it: a form-encoded
 //! `POST /access/get_token` answering `{"token": "<uuid>", "account_id": …, "user_id": …}`,
-//! the raw token in `Authorization` on every other route, 401 on most routes and 403 (quoting
+//! the raw token in `Authorization` on the API routes, 401 on most routes and 403 (quoting
 //! the token) on `/v3.0/orders/actions/` and `/v3.0/orders/moi/` for a bad, expired or revoked
-//! token. Token lifetimes are judged on tokio's clock, so tests with a paused clock can expire
-//! a token with `tokio::time::advance`.
+//! token, and 404 for a path it does not know. Token lifetimes are judged on tokio's clock, so
+//! tests with a paused clock can expire a token with `tokio::time::advance`.
 //!
 //! ```rust
 //! use http_body_util::{BodyExt, Full};
@@ -24,7 +24,7 @@
 //!         .append_pair("access_token", credentials.access_token())
 //!         .append_pair("secret", credentials.secret())
 //!         .finish();
-//!     let request = http::Request::post(format!("http://{}/access/get_token", fake.addr()))
+//!     let request = http::Request::post(fake.url("/access/get_token"))
 //!         .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
 //!         .body(Full::from(form))?;
 //!     let response = client.request(request).await?;
@@ -37,7 +37,7 @@
 //! }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -83,6 +83,16 @@ const RESET_SENT_BYTES: usize = 10;
 const TOKEN_PATH: &str = "/access/get_token";
 /// The order list route, answered with an empty page.
 const ORDERS_PATH: &str = "/v3.0/orders";
+/// The API routes the fake knows, besides those a test adds: the ones the crate's docs,
+/// examples and tests call. Every other path answers 404, as Lengow does.
+const ROUTES: [&str; 6] = [
+    ORDERS_PATH,
+    "/v3.0/orders/actions/",
+    "/v3.0/orders/moi/",
+    "/v3.0/marketplaces",
+    "/v3.0/me",
+    "/rate-limits",
+];
 /// Routes that reject a token with 403 (quoting the token) instead of 401.
 const FORBIDDEN_PREFIXES: [&str; 2] = ["/v3.0/orders/actions", "/v3.0/orders/moi"];
 /// The header whose value groups API attempts in [`FakeLengow::attempts`].
@@ -98,22 +108,32 @@ type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// An in-process Lengow: the token endpoint and authenticated routes, on `127.0.0.1:<ephemeral port>`.
 ///
-/// Start it with [`FakeLengow::start`] (defaults) or [`FakeLengow::builder`], point the client
-/// under test at [`uri`](FakeLengow::uri) with [`credentials`](FakeLengow::credentials), then
-/// turn its knobs and assert on its counters. Every knob takes `&self` and applies to the next
-/// request. Dropping it stops the server and closes its connections.
+/// Start it with [`FakeLengow::start`] (defaults) or [`FakeLengow::builder`], build the layer
+/// with [`api_url(fake.uri())`](FakeLengow::uri) and [`credentials`](FakeLengow::credentials),
+/// send requests to [`fake.url("/v3.0/orders")`](FakeLengow::url), then turn its knobs and
+/// assert on its counters. Every knob takes `&self` and applies to the next request. Dropping
+/// it stops the server and closes its connections.
 ///
 /// Routes:
 /// - `POST /access/get_token`: form-encoded `access_token` and `secret`, no `Authorization`
 ///   header (400 if there is one); 200 `{"token": "<uuid v4>", "account_id": 12345, "user_id": 678}`,
 ///   401 `{"error": {"code": 401, "message": "Invalid credentials"}}` for anything else, unless
 ///   a [`TokenFailure`] was scripted. Other methods get 405.
-/// - every other path is an API route that wants `Authorization: <token>` (`Bearer <token>` is
-///   accepted too). A missing, unknown, revoked or expired token gets 403
-///   `{"error": {"code": 403, "message": "Token: <token> is expired"}}` on `/v3.0/orders/actions…`
-///   and `/v3.0/orders/moi…`, and 401 `{"error": {"code": 401, "message": "Unauthorized access"}}`
-///   elsewhere. With a valid token, `GET /v3.0/orders` answers an empty page and any other
-///   request is echoed: same body, same `content-type`, and `x-body-len: <bytes>`.
+/// - the API routes `/v3.0/orders`, `/v3.0/orders/actions/`, `/v3.0/orders/moi/`,
+///   `/v3.0/marketplaces`, `/v3.0/me` and `/rate-limits` (a trailing slash or its absence does
+///   not matter), any route added with [`add_route`](FakeLengow::add_route), and any route
+///   given a status with [`set_route_status`](FakeLengow::set_route_status) or
+///   [`set_forbidden_route`](FakeLengow::set_forbidden_route). They want
+///   `Authorization: <token>` (`Bearer <token>` is accepted too). A missing, unknown, revoked or
+///   expired token gets 403 `{"error": {"code": 403, "message": "Token: <token> is expired"}}`
+///   on `/v3.0/orders/actions/` and `/v3.0/orders/moi/`, and 401
+///   `{"error": {"code": 401, "message": "Unauthorized access"}}` elsewhere. With a valid token,
+///   `GET /v3.0/orders` answers an empty page and any other request is echoed: same body, same
+///   `content-type`, and `x-body-len: <bytes>`.
+/// - any other path answers 404 `{"error": {"code": 404, "message": "Not Found"}}`, whatever
+///   the token, before looking at it (Lengow checks the token only on routes it has), and counts
+///   only in [`not_found_requests`](FakeLengow::not_found_requests). A path that starts with `//`
+///   (an origin joined to a path with one slash too many) is one of them.
 pub struct FakeLengow {
     state: Arc<State>,
     addr: SocketAddr,
@@ -146,9 +166,34 @@ impl FakeLengow {
         }
     }
 
-    /// The origin to point a client at: `http://127.0.0.1:PORT`.
+    /// The origin, `http://127.0.0.1:PORT`, for the layer's
+    /// [`api_url`](crate::LengowAuthBuilder::api_url).
+    ///
+    /// An [`http::Uri`] prints an origin with a slash after it (`http://127.0.0.1:PORT/`), so
+    /// `format!("{}/v3.0/orders", fake.uri())` makes `//v3.0/orders`, which the fake answers
+    /// with 404: join paths with [`url`](FakeLengow::url).
     pub fn uri(&self) -> Uri {
         self.uri.clone()
+    }
+
+    /// The absolute URL of `path_and_query` on the fake, with exactly one slash between the
+    /// origin and the path (`path_and_query` may start with `/` or not).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let fake = lengow_auth::testing::FakeLengow::start().await;
+    /// let url = fake.url("/v3.0/orders?account_id=12345");
+    /// assert_eq!(url, format!("http://{}/v3.0/orders?account_id=12345", fake.addr()));
+    /// assert_eq!(fake.url("v3.0/me"), format!("http://{}/v3.0/me", fake.addr()));
+    /// # }
+    /// ```
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!(
+            "http://{}/{}",
+            self.addr,
+            path_and_query.trim_start_matches('/')
+        )
     }
 
     /// The socket address the fake listens on.
@@ -189,13 +234,39 @@ impl FakeLengow {
         lock(&self.state.failures).push_back(failure);
     }
 
+    /// Makes `path` (the path only, no query) a route that answers like the other API routes:
+    /// it wants a token and, given a valid one, echoes the request.
+    ///
+    /// For the Lengow routes a test of yours calls that the fake does not know (it answers 404
+    /// to those).
+    pub fn add_route(&self, path: &str) {
+        lock(&self.state.routes).insert(route_key(path).to_owned());
+    }
+
     /// Makes the API route `path` (the path only, no query) always answer `status`, with a
-    /// body `{"error": {"code": N, "message": "…"}}`, even with a valid token.
+    /// body `{"error": {"code": N, "message": "<reason>"}}`, whatever the token (valid,
+    /// missing or revoked); the route becomes known if it was not.
     ///
     /// The request is still counted and its body recorded first; it does not count as a
-    /// [rejected request](FakeLengow::rejected_requests).
+    /// [rejected request](FakeLengow::rejected_requests). A 403 counts as a
+    /// [forbidden request](FakeLengow::forbidden_requests).
     pub fn set_route_status(&self, path: &str, status: StatusCode) {
-        lock(&self.state.route_status).insert(path.to_owned(), status);
+        lock(&self.state.route_status).insert(route_key(path).to_owned(), status);
+    }
+
+    /// Makes `path` a route the account has no right to: it answers 403
+    /// `{"error": {"code": 403, "message": "Forbidden"}}` to every token, fresh or not, as
+    /// Lengow does. The same as [`set_route_status`](FakeLengow::set_route_status) with 403;
+    /// such answers are counted by [`forbidden_requests`](FakeLengow::forbidden_requests).
+    pub fn set_forbidden_route(&self, path: &str) {
+        self.set_route_status(path, StatusCode::FORBIDDEN);
+    }
+
+    /// Takes back [`set_route_status`](FakeLengow::set_route_status) or
+    /// [`set_forbidden_route`](FakeLengow::set_forbidden_route): the route answers as it did
+    /// before (404 if it was known only through that status).
+    pub fn clear_route_status(&self, path: &str) {
+        lock(&self.state.route_status).remove(route_key(path));
     }
 
     /// How many `POST /access/get_token` requests arrived, whatever their outcome.
@@ -208,7 +279,7 @@ impl FakeLengow {
         self.state.max_in_flight_fetches.load(Ordering::SeqCst)
     }
 
-    /// How many requests arrived on API routes (any path but the token endpoint).
+    /// How many requests arrived on API routes (known paths but the token endpoint).
     pub fn api_requests(&self) -> usize {
         self.state.api_requests.load(Ordering::SeqCst)
     }
@@ -222,6 +293,18 @@ impl FakeLengow {
     /// expired token.
     pub fn rejected_requests(&self) -> usize {
         self.state.rejected_requests.load(Ordering::SeqCst)
+    }
+
+    /// How many API requests a [forbidden route](FakeLengow::set_forbidden_route) answered 403,
+    /// whatever their token. They are not [rejected requests](FakeLengow::rejected_requests).
+    pub fn forbidden_requests(&self) -> usize {
+        self.state.forbidden_requests.load(Ordering::SeqCst)
+    }
+
+    /// How many requests were answered 404 because the fake does not know their path. They
+    /// are not [API requests](FakeLengow::api_requests), and nothing else of them is recorded.
+    pub fn not_found_requests(&self) -> usize {
+        self.state.not_found_requests.load(Ordering::SeqCst)
     }
 
     /// How many API requests carried `x-request-id: <request_id>`.
@@ -268,6 +351,8 @@ impl FakeLengow {
         state.api_requests.store(0, Ordering::SeqCst);
         state.requests_without_token.store(0, Ordering::SeqCst);
         state.rejected_requests.store(0, Ordering::SeqCst);
+        state.forbidden_requests.store(0, Ordering::SeqCst);
+        state.not_found_requests.store(0, Ordering::SeqCst);
         state.expired_tokens_used.store(0, Ordering::SeqCst);
         lock(&state.by_request_id).clear();
         lock(&state.seen_authorizations).clear();
@@ -284,6 +369,8 @@ impl fmt::Debug for FakeLengow {
             .field("api_requests", &self.api_requests())
             .field("requests_without_token", &self.requests_without_token())
             .field("rejected_requests", &self.rejected_requests())
+            .field("forbidden_requests", &self.forbidden_requests())
+            .field("not_found_requests", &self.not_found_requests())
             .field("expired_tokens_used", &self.expired_tokens_used())
             .finish_non_exhaustive()
     }
@@ -367,6 +454,12 @@ impl FakeLengowBuilder {
             token_delay: Mutex::new(self.token_delay),
             tokens: Mutex::new(HashMap::new()),
             failures: Mutex::new(VecDeque::new()),
+            routes: Mutex::new(
+                ROUTES
+                    .iter()
+                    .map(|path| route_key(path).to_owned())
+                    .collect(),
+            ),
             route_status: Mutex::new(HashMap::new()),
             by_request_id: Mutex::new(HashMap::new()),
             seen_authorizations: Mutex::new(VecDeque::new()),
@@ -376,6 +469,8 @@ impl FakeLengowBuilder {
             api_requests: AtomicUsize::new(0),
             requests_without_token: AtomicUsize::new(0),
             rejected_requests: AtomicUsize::new(0),
+            forbidden_requests: AtomicUsize::new(0),
+            not_found_requests: AtomicUsize::new(0),
             expired_tokens_used: AtomicUsize::new(0),
         });
         let server = tokio::spawn(serve(listener, Arc::clone(&state)));
@@ -477,6 +572,9 @@ struct State {
     token_delay: Mutex<Duration>,
     tokens: Mutex<HashMap<String, Issued>>,
     failures: Mutex<VecDeque<TokenFailure>>,
+    /// Known API routes, as [`route_key`]s.
+    routes: Mutex<HashSet<String>>,
+    /// Statuses forced on routes, by [`route_key`].
     route_status: Mutex<HashMap<String, StatusCode>>,
     by_request_id: Mutex<HashMap<String, Seen>>,
     seen_authorizations: Mutex<VecDeque<String>>,
@@ -486,6 +584,8 @@ struct State {
     api_requests: AtomicUsize,
     requests_without_token: AtomicUsize,
     rejected_requests: AtomicUsize,
+    forbidden_requests: AtomicUsize,
+    not_found_requests: AtomicUsize,
     expired_tokens_used: AtomicUsize,
 }
 
@@ -527,6 +627,12 @@ impl State {
             },
         );
         token
+    }
+
+    /// Whether `path` is an API route: one of [`ROUTES`], added, or given a status.
+    fn knows(&self, path: &str) -> bool {
+        let key = route_key(path);
+        lock(&self.routes).contains(key) || lock(&self.route_status).contains_key(key)
     }
 
     fn judge(&self, token: &str) -> Verdict {
@@ -607,10 +713,40 @@ async fn handle(
     state: &State,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, hyper::Error> {
-    if request.uri().path() == TOKEN_PATH {
+    let path = request.uri().path();
+    if path == TOKEN_PATH {
         Ok(token_endpoint(state, request).await)
-    } else {
+    } else if state.knows(path) {
         api_route(state, request).await
+    } else {
+        not_found(state, request).await
+    }
+}
+
+/// A path the fake does not know: 404 whatever the token, as Lengow answers.
+async fn not_found(
+    state: &State,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, hyper::Error> {
+    state.not_found_requests.fetch_add(1, Ordering::SeqCst);
+    let message = if request.uri().path().starts_with("//") {
+        // Not Lengow's words: the fake names the usual cause of such a path.
+        "Not Found: the path starts with //, join the origin and the path with one slash"
+    } else {
+        "Not Found"
+    };
+    // The body is read first, so the connection stays usable for the next request.
+    let (_, read) = read_body(request.into_body()).await;
+    read?;
+    Ok(error_response(StatusCode::NOT_FOUND, message))
+}
+
+/// The form a route is known by: its path without trailing slashes (`/v3.0/orders/actions/`
+/// and `/v3.0/orders/actions` are one route).
+fn route_key(path: &str) -> &str {
+    match path.trim_end_matches('/') {
+        "" => "/",
+        trimmed => trimmed,
     }
 }
 
@@ -720,7 +856,7 @@ fn failure_response(failure: TokenFailure) -> Response<ResponseBody> {
     response
 }
 
-/// Every path but the token endpoint.
+/// A known path but the token endpoint.
 async fn api_route(
     state: &State,
     request: Request<Incoming>,
@@ -772,8 +908,11 @@ async fn api_route(
     };
 
     let path = parts.uri.path();
-    let forced = lock(&state.route_status).get(path).copied();
+    let forced = lock(&state.route_status).get(route_key(path)).copied();
     if let Some(status) = forced {
+        if status == StatusCode::FORBIDDEN {
+            state.forbidden_requests.fetch_add(1, Ordering::SeqCst);
+        }
         return Ok(error_response(
             status,
             status.canonical_reason().unwrap_or("Error"),
@@ -785,9 +924,7 @@ async fn api_route(
             state.rejected_requests.fetch_add(1, Ordering::SeqCst);
             Ok(rejection(path, token.as_deref()))
         }
-        Verdict::Valid
-            if parts.method == Method::GET && path.trim_end_matches('/') == ORDERS_PATH =>
-        {
+        Verdict::Valid if parts.method == Method::GET && route_key(path) == ORDERS_PATH => {
             Ok(json_response(
                 StatusCode::OK,
                 r#"{"count":0,"results":[],"next":null}"#.to_owned(),
@@ -934,10 +1071,6 @@ mod tests {
         Client::builder(TokioExecutor::new()).build_http()
     }
 
-    fn url(fake: &FakeLengow, path: &str) -> String {
-        format!("http://{}{path}", fake.addr())
-    }
-
     fn body(bytes: impl Into<Bytes>) -> UnsyncBoxBody<Bytes, BoxError> {
         full(bytes.into())
     }
@@ -961,7 +1094,7 @@ mod tests {
             .append_pair("access_token", access_token)
             .append_pair("secret", secret)
             .finish();
-        Request::post(url(fake, TOKEN_PATH))
+        Request::post(fake.url(TOKEN_PATH))
             .header(CONTENT_TYPE, FORM_CONTENT_TYPE)
             .body(body(form))
             .unwrap()
@@ -985,7 +1118,7 @@ mod tests {
         path: &str,
         authorization: Option<&str>,
     ) -> Request<UnsyncBoxBody<Bytes, BoxError>> {
-        let mut builder = Request::builder().method(method).uri(url(fake, path));
+        let mut builder = Request::builder().method(method).uri(fake.url(path));
         if let Some(value) = authorization {
             builder = builder.header(AUTHORIZATION, value);
         }
@@ -1065,7 +1198,7 @@ mod tests {
         assert_eq!(bytes, invalid);
 
         let form = "access_token=fake-access-token&secret=fake-secret";
-        let not_a_form = Request::post(url(&fake, TOKEN_PATH))
+        let not_a_form = Request::post(fake.url(TOKEN_PATH))
             .header(CONTENT_TYPE, "application/json")
             .body(body(form))
             .unwrap();
@@ -1353,7 +1486,7 @@ mod tests {
                 Bytes::from_static(b"chunked "),
                 Bytes::from_static(b"world"),
             ]));
-            let request = Request::post(url(&fake, "/v3.0/orders/moi/"))
+            let request = Request::post(fake.url("/v3.0/orders/moi/"))
                 .header(AUTHORIZATION, token.as_str())
                 .header(CONTENT_TYPE, "application/json")
                 .header(REQUEST_ID, "req-1")
@@ -1398,12 +1531,168 @@ mod tests {
         assert_eq!(fake.api_requests(), 1);
         assert_eq!(fake.rejected_requests(), 0);
 
+        let (status, _, _) = send(&client, api(&fake, Method::GET, "/v3.0/me", Some(&token))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(fake.forbidden_requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_answer_404_whatever_the_token() {
+        let fake = FakeLengow::start().await;
+        let client = client();
+        let token = fetch_token(&fake, &client).await;
+        let not_found = r#"{"error":{"code":404,"message":"Not Found"}}"#;
+
+        for authorization in [Some(token.as_str()), None, Some("not-issued")] {
+            let (status, headers, bytes) = send(
+                &client,
+                api(&fake, Method::GET, "/v3.0/other", authorization),
+            )
+            .await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            assert_eq!(headers[CONTENT_TYPE], JSON_CONTENT_TYPE);
+            assert_eq!(bytes, not_found);
+        }
+        // An origin joined to a path with one slash too many: the message says so.
+        let request = Request::get(format!("{}/v3.0/orders", fake.uri()))
+            .header(AUTHORIZATION, token.as_str())
+            .body(body(Bytes::new()))
+            .unwrap();
+        assert_eq!(request.uri().path(), "//v3.0/orders");
+        let (status, _, bytes) = send(&client, request).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(String::from_utf8_lossy(&bytes).contains("starts with //"));
+        // A body sent to an unknown path is read, and the connection serves the next request.
+        let mut post = api(&fake, Method::POST, "/v3.0/nothing", Some(&token));
+        *post.body_mut() = body("x".repeat(100_000));
+        let (status, _, _) = send(&client, post).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
         let (status, _, _) = send(
             &client,
-            api(&fake, Method::GET, "/v3.0/other", Some(&token)),
+            api(&fake, Method::GET, "/v3.0/orders/", Some(&token)),
         )
         .await;
         assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = send(
+            &client,
+            api(&fake, Method::POST, "/v3.0/orders/actions", Some(&token)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+
+        assert_eq!(fake.not_found_requests(), 5);
+        assert_eq!(fake.api_requests(), 2);
+        assert_eq!(fake.rejected_requests(), 0);
+        assert_eq!(fake.requests_without_token(), 0);
+        assert_eq!(fake.seen_authorizations(), vec![token.clone(), token]);
+    }
+
+    #[tokio::test]
+    async fn every_listed_route_is_known_and_added_routes_too() {
+        let fake = FakeLengow::start().await;
+        let client = client();
+        let token = fetch_token(&fake, &client).await;
+        for path in ROUTES {
+            let (status, _, _) = send(&client, api(&fake, Method::GET, path, Some(&token))).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
+        let (status, _, _) = send(
+            &client,
+            api(&fake, Method::GET, "/v3.0/catalogs", Some(&token)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        fake.add_route("/v3.0/catalogs/");
+        let (status, _, _) = send(
+            &client,
+            api(&fake, Method::GET, "/v3.0/catalogs", Some(&token)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = send(&client, api(&fake, Method::GET, "/v3.0/catalogs", None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+        assert_eq!(fake.api_requests(), ROUTES.len() + 2);
+        assert_eq!(fake.not_found_requests(), 1);
+        assert_eq!(fake.rejected_requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_route_answers_403_to_every_token_and_counts_apart() {
+        let fake = FakeLengow::start().await;
+        let client = client();
+        let stale = fetch_token(&fake, &client).await;
+        fake.revoke_all_tokens();
+        let fresh = fetch_token(&fake, &client).await;
+        fake.set_forbidden_route("/v3.0/orders/moi/");
+        let forbidden = r#"{"error":{"code":403,"message":"Forbidden"}}"#;
+
+        for authorization in [Some(fresh.as_str()), Some(stale.as_str()), None] {
+            let (status, _, bytes) = send(
+                &client,
+                api(&fake, Method::POST, "/v3.0/orders/moi", authorization),
+            )
+            .await;
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert_eq!(bytes, forbidden);
+        }
+        // A route unknown until forbidden is known while it is.
+        fake.set_forbidden_route("/v3.0/reports");
+        let (status, _, bytes) = send(
+            &client,
+            api(&fake, Method::GET, "/v3.0/reports", Some(&fresh)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(bytes, forbidden);
+        // Other routes still judge the token.
+        let (status, _, _) = send(
+            &client,
+            api(&fake, Method::POST, "/v3.0/orders/actions/", Some(&stale)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+
+        assert_eq!(fake.forbidden_requests(), 4);
+        assert_eq!(fake.rejected_requests(), 1);
+        assert_eq!(fake.api_requests(), 5);
+
+        fake.clear_route_status("/v3.0/orders/moi/");
+        fake.clear_route_status("/v3.0/reports");
+        let (status, _, _) = send(
+            &client,
+            api(&fake, Method::POST, "/v3.0/orders/moi/", Some(&fresh)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = send(
+            &client,
+            api(&fake, Method::GET, "/v3.0/reports", Some(&fresh)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(fake.forbidden_requests(), 4);
+
+        fake.reset_counters();
+        assert_eq!(fake.forbidden_requests(), 0);
+        assert_eq!(fake.not_found_requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn url_joins_with_one_slash() {
+        let fake = FakeLengow::start().await;
+        let origin = format!("http://{}", fake.addr());
+        assert_eq!(fake.uri().to_string(), format!("{origin}/"));
+        assert_eq!(fake.url("/v3.0/orders"), format!("{origin}/v3.0/orders"));
+        assert_eq!(
+            fake.url("v3.0/orders?a=1"),
+            format!("{origin}/v3.0/orders?a=1")
+        );
+        assert_eq!(fake.url(""), format!("{origin}/"));
+        let parsed: Uri = fake.url("/v3.0/me").parse().unwrap();
+        assert_eq!(parsed.path(), "/v3.0/me");
+        assert_eq!(parsed.authority(), fake.uri().authority());
     }
 
     #[tokio::test]

@@ -161,6 +161,7 @@ async fn a_route_that_always_rejects_is_learnt_after_one_forced_fetch() {
 #[tokio::test]
 async fn a_streamed_body_within_the_limit_is_replayed_byte_for_byte() {
     let fake = FakeLengow::start().await;
+    fake.add_route("/v3.0/echo");
     let layer = builder(&fake).build(token_client()).unwrap();
     let streaming = client::<StreamedBody>(&layer);
     layer.account_id().await.unwrap();
@@ -181,6 +182,7 @@ async fn a_streamed_body_within_the_limit_is_replayed_byte_for_byte() {
 #[tokio::test]
 async fn a_body_over_the_limit_is_sent_once_and_its_rejection_returned() {
     let fake = FakeLengow::start().await;
+    fake.add_route("/v3.0/echo");
     let layer = builder(&fake).build(token_client()).unwrap();
     let streaming = client::<StreamedBody>(&layer);
     layer.account_id().await.unwrap();

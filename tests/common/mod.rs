@@ -74,7 +74,7 @@ pub fn payload(i: usize, len: usize) -> Bytes {
 
 /// `path` on `fake`'s origin.
 pub fn url(fake: &FakeLengow, path: &str) -> String {
-    format!("http://{}{path}", fake.addr())
+    fake.url(path)
 }
 
 pub const SHORT: Duration = Duration::from_millis(5);
