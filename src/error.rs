@@ -183,6 +183,53 @@ impl Error {
     pub fn server_message(&self) -> Option<&str> {
         self.inner.message.as_deref()
     }
+
+    /// Finds the crate's error in `error` or anywhere down its [source](std::error::Error::source)
+    /// chain: in the `tower::BoxError` a [`LengowAuth`](crate::LengowAuth) service returns, and
+    /// through the layers that wrap it (`tower::timeout`, `tower::buffer`, an error of your own
+    /// whose `source()` leads to it). `None` if the failure is not the layer's: the inner
+    /// service's own error (a refused connection), a timeout that elapsed, a buffer closed.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use lengow_auth::Error;
+    ///
+    /// /// The status an app answers when its call to Lengow failed.
+    /// fn status_of(error: &tower::BoxError) -> StatusCode {
+    ///     match Error::find(error.as_ref()) {
+    ///         Some(e) if e.is_rate_limited() || e.is_unavailable() || e.is_timeout() => {
+    ///             StatusCode::SERVICE_UNAVAILABLE // with `Retry-After` from `e.retry_after()`
+    ///         }
+    ///         Some(_) => StatusCode::BAD_GATEWAY, // credentials refused, an answer not a token
+    ///         None => StatusCode::BAD_GATEWAY,    // the API call itself failed
+    ///     }
+    /// }
+    ///
+    /// // A layer refuses to build for a plain-http origin that is not loopback.
+    /// let token_client = tower::service_fn(|_: http::Request<_>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+    /// });
+    /// let error = lengow_auth::LengowAuthLayer::builder(lengow_auth::Credentials::new("key", "secret"))
+    ///     .api_url(http::Uri::from_static("http://api.lengow.io"))
+    ///     .build(token_client)
+    ///     .unwrap_err();
+    /// let boxed: tower::BoxError = error.into();
+    /// assert!(Error::find(boxed.as_ref()).is_some_and(Error::is_config));
+    /// assert_eq!(status_of(&boxed), StatusCode::BAD_GATEWAY);
+    ///
+    /// let elapsed: tower::BoxError = tower::timeout::error::Elapsed::new().into();
+    /// assert!(Error::find(elapsed.as_ref()).is_none());
+    /// ```
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(found) = error.downcast_ref::<Error>() {
+                return Some(found);
+            }
+            next = error.source();
+        }
+        None
+    }
 }
 
 impl fmt::Display for Error {
