@@ -68,6 +68,13 @@ pub mod client;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod testing;
 
+#[cfg(feature = "reqwest")]
+mod reqwest;
+
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+#[doc(inline)]
+pub use self::reqwest::{ReqwestFuture, ReqwestService};
 #[doc(inline)]
 pub use error::Error;
 #[doc(inline)]
