@@ -1,4 +1,4 @@
-//! Ready HTTPS clients for Lengow (hyper-util over rustls with ring and Mozilla's roots) and
+//! Ready HTTPS clients for Lengow (hyper-util over rustls with aws-lc-rs and Mozilla's roots) and
 //! [`LengowAuthLayer::from_env`]: from the environment to an authenticated client. Feature `client`.
 //!
 //! The common case, credentials from `LENGOW_ACCESS_TOKEN` and `LENGOW_SECRET` to a first
@@ -76,7 +76,7 @@ pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 /// ```
 pub type LengowClient<B> = LengowAuth<HttpsClient<ReplayBody<B>>>;
 
-/// The connector under [`https`] and [`token_client`]: TLS by rustls with the ring provider
+/// The connector under [`https`] and [`token_client`]: TLS by rustls with the aws-lc-rs provider
 /// and Mozilla's root certificates (webpki-roots), HTTP/1.1, [`DEFAULT_CONNECT_TIMEOUT`] to
 /// connect, `TCP_NODELAY` on.
 ///
@@ -86,7 +86,8 @@ pub type LengowClient<B> = LengowAuth<HttpsClient<ReplayBody<B>>>;
 /// `http://` origin and injects the token only on its own origin's scheme, host and port.
 ///
 /// The crypto provider is named here rather than taken from rustls' process-wide default, so
-/// nothing needs installing first, and a program that also links aws-lc-rs is not affected.
+/// nothing needs installing first, and a program that also links ring, or installs another
+/// default, is not affected.
 ///
 /// Use it for a client with settings of your own:
 ///
@@ -117,14 +118,15 @@ pub fn connector() -> HttpsConnector<HttpConnector> {
         .wrap_connector(tcp)
 }
 
-/// rustls with the ring provider, its safe default protocol versions (TLS 1.3 and 1.2) and
+/// rustls with the aws-lc-rs provider (rustls' default, with post-quantum key exchange
+/// preferred), its safe default protocol versions (TLS 1.3 and 1.2) and
 /// Mozilla's roots; no client certificate.
 fn tls_config() -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        // Fails only for a provider without cipher suites for TLS 1.2 or 1.3; ring has both.
-        .expect("the ring provider supports TLS 1.2 and 1.3")
+        // Fails only for a provider without cipher suites for TLS 1.2 or 1.3; aws-lc-rs has both.
+        .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
         .with_webpki_roots()
         .with_no_client_auth()
 }
