@@ -25,21 +25,30 @@ async fn main() -> Result<(), BoxError> {
     let lengow = FakeLengow::start().await;
     println!("FakeLengow listening on {}", lengow.addr());
 
-    // Short token lifetime so the background refresh shows within a second or two.
+    // Lengow's tokens live an hour and the layer refreshes them 10 minutes ahead; here the
+    // layer is told they live 3 s and to refresh 2 s ahead, so that a refresh shows at once.
+    let lifetime = Duration::from_secs(3);
+    let ahead = Duration::from_secs(2);
+    println!(
+        "Token lifetimes shortened to show a refresh: the layer assumes a token lives {}s (Lengow's live 3600s) \
+         and refreshes it {}s before its end, so the first refresh comes about {}s after the first fetch \
+         (up to 10% of {}s earlier: jitter)",
+        lifetime.as_secs(),
+        ahead.as_secs(),
+        (lifetime - ahead).as_secs(),
+        ahead.as_secs(),
+    );
     let layer = LengowAuthLayer::builder(lengow.credentials())
         .api_url(lengow.uri())
-        .token_lifetime(Duration::from_secs(3))
-        .refresh_ahead(Duration::from_secs(2))
+        .token_lifetime(lifetime)
+        .refresh_ahead(ahead)
         .build(Client::builder(TokioExecutor::new()).build_http())?;
     let client = ServiceBuilder::new()
         .layer(layer.clone())
         .service(Client::builder(TokioExecutor::new()).build_http());
 
     let account_id = layer.account_id().await?;
-    let orders = format!(
-        "http://{}/v3.0/orders?account_id={account_id}",
-        lengow.addr()
-    );
+    let orders = lengow.url(&format!("/v3.0/orders?account_id={account_id}"));
     let get = |uri: &str| http::Request::get(uri).body(Full::<Bytes>::default());
 
     // 1. A burst on a warm layer: every request reuses the one token.
@@ -58,18 +67,21 @@ async fn main() -> Result<(), BoxError> {
         lengow.token_fetches()
     );
 
-    // 2. The token is refreshed in the background before it expires.
+    // 2. The token is refreshed in the background before it expires: 1.5 s is past the
+    //    refresh (about 1 s in) and before the first token's end (3 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let response = client.clone().oneshot(get(&orders)?).await?;
     println!(
-        "2. after 1.5 s: status {}, token fetches: {} (one background refresh, no request waited)",
+        "2. 1.5 s later, past the refresh due {}s after the fetch: status {}, token fetches: {} \
+         (one background refresh, no request waited)",
+        (lifetime - ahead).as_secs(),
         response.status(),
         lengow.token_fetches()
     );
 
     // 3. Lengow revokes every token: the next request is refreshed and replayed once.
     lengow.revoke_all_tokens();
-    let request = http::Request::post(format!("http://{}/v3.0/orders/actions/", lengow.addr()))
+    let request = http::Request::post(lengow.url("/v3.0/orders/actions/"))
         .header("x-request-id", "action-1")
         .body(Full::from(format!(
             "account_id={account_id}&action_type=ship"
