@@ -71,6 +71,16 @@ pub mod testing;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 
+// The README's snippets, compiled and run as doc tests (they use every feature).
+#[cfg(all(
+    doctest,
+    feature = "client",
+    feature = "reqwest",
+    feature = "test-util"
+))]
+#[doc = include_str!("../README.md")]
+mod readme {}
+
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 #[doc(inline)]
