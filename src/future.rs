@@ -36,6 +36,8 @@ pin_project! {
         replay: Option<Replay<B>>,
         // The token the request was last sent with.
         generation: u64,
+        // That token was forced by a rejection and is not yet known to be accepted.
+        unproven: bool,
     }
 }
 
@@ -133,6 +135,7 @@ where
             head,
             replay,
             generation: sending.generation,
+            unproven: sending.unproven,
         }
     }
 
@@ -144,6 +147,7 @@ where
             head: None,
             replay: None,
             generation: 0,
+            unproven: false,
         }
     }
 }
@@ -189,6 +193,7 @@ where
                     let (future, head, replay) = send(this.service, this.shared, request, header);
                     (*this.head, *this.replay) = (head, replay);
                     *this.generation = token.generation;
+                    *this.unproven = token.unproven_forced();
                     this.state.set(State::First { future });
                 }
                 StateProj::First { future } => {
@@ -199,6 +204,9 @@ where
                         return Poll::Ready(Ok(response));
                     };
                     if !shared.refresh_on.contains(&response.status()) {
+                        if *this.unproven {
+                            shared.cache.accepted(*this.generation);
+                        }
                         shared.routes.accepted(&head.method, &head.uri);
                         return Poll::Ready(Ok(response));
                     }
@@ -247,6 +255,7 @@ where
                         .headers_mut()
                         .insert(header::AUTHORIZATION, token.header.clone());
                     *this.generation = token.generation;
+                    *this.unproven = token.unproven_forced();
                     this.state.set(State::Ready {
                         request: Some(request),
                     });
@@ -262,7 +271,9 @@ where
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let shared: &Shared = this.shared;
                     let rejected = shared.refresh_on.contains(&response.status());
-                    shared.cache.replayed(*this.generation, !rejected);
+                    if !rejected && *this.unproven {
+                        shared.cache.accepted(*this.generation);
+                    }
                     let Some(head) = this.head.as_ref() else {
                         return Poll::Ready(Ok(response));
                     };

@@ -352,3 +352,48 @@ async fn steady_traffic_across_short_tokens_never_sends_an_expired_one() {
     assert_eq!(stats.token_waits, 0);
     assert_eq!(stats.background_refreshes as usize, fetches - 1);
 }
+
+/// Over real sockets: a route the account has no right to, called beside normal traffic,
+/// costs one forced fetch in all. A revocation inside the floor that fetch set is returned
+/// at once, marked, and no attempt goes out again with the token it was rejected with.
+/// (`tests/timing.rs` follows the same route for hours, and a revocation past the floor.)
+#[tokio::test]
+async fn a_forbidden_route_beside_normal_traffic_then_a_revocation_inside_the_floor() {
+    let fake = FakeLengow::start().await;
+    fake.set_forbidden_route("/v3.0/forbidden");
+    let layer = builder(&fake).build(token_client()).unwrap();
+    let client = client::<Full<Bytes>>(&layer);
+    for i in 0..100 {
+        let request = http::Request::get(fake.url("/v3.0/forbidden"))
+            .body(Full::default())
+            .unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let rejected = response.extensions().get::<TokenRejected>().unwrap();
+        assert_eq!(rejected.replayed(), i == 0, "{i}: {rejected}");
+        assert_eq!(rejected.known_route(), i > 0, "{i}: {rejected}");
+        let (response, _) = send(&client, get(&fake, "/v3.0/orders")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(fake.token_fetches(), 2);
+    assert_eq!(fake.forbidden_requests(), 101);
+
+    fake.revoke_all_tokens();
+    let seen = fake.seen_authorizations().len();
+    let request = post(&fake, "/v3.0/orders/actions/", "revoked", payload(3, 100));
+    let response = client.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let rejected = response.extensions().get::<TokenRejected>().unwrap();
+    assert!(
+        !rejected.replayed() && !rejected.known_route(),
+        "{rejected}"
+    );
+    assert!(
+        rejected.to_string().contains("min_refresh_interval"),
+        "{rejected}"
+    );
+    assert_eq!(fake.attempts("revoked"), 1);
+    assert_eq!(fake.seen_authorizations().len(), seen + 1);
+    assert_eq!(fake.token_fetches(), 2);
+    assert_eq!(layer.stats().rejected_within_floor, 1);
+}

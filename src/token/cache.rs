@@ -53,6 +53,8 @@ enum Reason {
 pub(crate) struct Sending {
     pub(crate) header: HeaderValue,
     pub(crate) generation: u64,
+    /// See [`Token::unproven_forced`].
+    pub(crate) unproven: bool,
 }
 
 /// The token cache one layer and all its services share.
@@ -79,8 +81,6 @@ struct State {
     generation: u64,
     last_forced: Option<Instant>,
     forced_floor: Duration,
-    /// The last forced token whose replay moved the floor.
-    floor_judged: u64,
     refresher: Option<AbortHandle>,
     /// Every handle to the layer is gone: requests still in flight may fetch, but no
     /// refresher starts again.
@@ -106,7 +106,6 @@ impl Cache {
                 generation: 0,
                 last_forced: None,
                 forced_floor,
-                floor_judged: 0,
                 refresher: None,
                 closed: false,
             }),
@@ -132,6 +131,7 @@ impl Cache {
         usable.then(|| Sending {
             header: token.header.clone(),
             generation: token.generation,
+            unproven: token.unproven_forced(),
         })
     }
 
@@ -171,18 +171,24 @@ impl Cache {
             Some(_) if state.live_inflight().is_some() || state.failing() => {
                 self.join_or_fetch(&mut state, Reason::Demand)
             }
-            Some(_) => {
+            Some(token) => {
+                // A forced token the API never accepted (it cured neither the request that
+                // forced it nor any other) says the token is not the fault: the floor doubles.
+                // An accepted one puts it back to its minimum.
+                let floor = if token.unproven_forced() {
+                    (state.forced_floor * 2).min(self.config.lifetime)
+                } else {
+                    self.config.min_refresh_interval
+                };
                 let now = Instant::now();
-                if state
-                    .last_forced
-                    .is_some_and(|last| now < last + state.forced_floor)
-                {
+                if state.last_forced.is_some_and(|last| now < last + floor) {
                     tracing::debug!(
-                        floor_ms = state.forced_floor.as_millis() as u64,
+                        floor_ms = floor.as_millis() as u64,
                         "forced refresh skipped: too soon after the last one"
                     );
                     return None;
                 }
+                state.forced_floor = floor;
                 state.last_forced = Some(now);
                 tracing::debug!(
                     generation = rejected,
@@ -194,30 +200,13 @@ impl Cache {
         Some(wait(step))
     }
 
-    /// Records whether a replay with token `generation` was accepted. If that token was
-    /// forced by a rejection, the floor resets when it cured the request, and doubles (up to
-    /// the token lifetime) when it did not: then the fault is likely not the token.
-    pub(crate) fn replayed(&self, generation: u64, cured: bool) {
-        let forced = self
-            .current
-            .load()
-            .as_deref()
-            .is_some_and(|t| t.generation == generation && t.forced);
-        let mut state = self.lock();
-        if !forced || state.floor_judged >= generation {
-            return;
+    /// Records that the API accepted token `generation`, if it is still the current one.
+    pub(crate) fn accepted(&self, generation: u64) {
+        if let Some(token) = self.current.load().as_deref() {
+            if token.generation == generation {
+                token.mark_accepted();
+            }
         }
-        state.floor_judged = generation;
-        state.forced_floor = if cured {
-            self.config.min_refresh_interval
-        } else {
-            (state.forced_floor * 2).min(self.config.lifetime)
-        };
-        tracing::debug!(
-            cured,
-            floor_ms = state.forced_floor.as_millis() as u64,
-            "forced token judged by its replay"
-        );
     }
 
     /// Joins the fetch in flight, serves the cached failure, or starts a fetch.

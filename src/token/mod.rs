@@ -8,6 +8,7 @@ mod fetch;
 mod response;
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
@@ -43,7 +44,9 @@ pub(crate) struct Token {
     wall_usable_until: SystemTime,
     refresh_at: Instant,
     /// Fetched because the token before it was rejected.
-    pub(crate) forced: bool,
+    forced: bool,
+    /// The API has accepted this token at least once.
+    proven: AtomicBool,
 }
 
 /// When a token was asked for, by both clocks.
@@ -82,6 +85,7 @@ impl Token {
             wall_usable_until: asked.wall + usable,
             refresh_at: asked.at + refresh_after,
             forced,
+            proven: AtomicBool::new(false),
         }
     }
 
@@ -94,6 +98,16 @@ impl Token {
     /// When tokio's clock says the token may no longer be sent.
     pub(crate) fn usable_until(&self) -> Instant {
         self.usable_until
+    }
+
+    /// Records that the API accepted this token.
+    pub(crate) fn mark_accepted(&self) {
+        self.proven.store(true, Ordering::Relaxed);
+    }
+
+    /// A token fetched after a rejection that the API has not accepted yet.
+    pub(crate) fn unproven_forced(&self) -> bool {
+        self.forced && !self.proven.load(Ordering::Relaxed)
     }
 
     /// When the background refresh is due.
