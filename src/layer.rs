@@ -168,8 +168,8 @@ impl LengowAuthBuilder {
     }
 
     /// The floor between two refreshes forced by rejections (default
-    /// [`DEFAULT_MIN_REFRESH_INTERVAL`]); it doubles, up to the token lifetime, each time a
-    /// fresh token is rejected at once.
+    /// [`DEFAULT_MIN_REFRESH_INTERVAL`]); it doubles, up to the token lifetime, while forced
+    /// tokens are accepted by no request (then the fault is not the token).
     pub fn min_refresh_interval(mut self, interval: Duration) -> Self {
         self.min_refresh_interval = interval;
         self
