@@ -79,6 +79,11 @@ impl Error {
         Self::build(Kind::Config, Some(message.into()), None)
     }
 
+    /// The kind, for code that passes an error on in another form (a fleet's store).
+    pub(crate) fn kind(&self) -> Kind {
+        self.inner.kind
+    }
+
     pub(crate) fn malformed(message: impl Into<String>) -> Self {
         Self::build(Kind::MalformedResponse, Some(message.into()), None)
     }
