@@ -37,6 +37,10 @@
 //! }
 //! ```
 
+#[cfg(feature = "redis")]
+#[doc(inline)]
+pub use crate::store::server::{INSTALL_HINT, RedisServer};
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt;

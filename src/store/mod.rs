@@ -23,6 +23,8 @@ mod fleet;
 mod memory;
 mod redis;
 mod seal;
+#[cfg(feature = "test-util")]
+pub(crate) mod server;
 
 use std::error::Error as StdError;
 use std::fmt;

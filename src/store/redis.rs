@@ -351,3 +351,7 @@ impl fmt::Debug for RedisStore {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, feature = "test-util"))]
+#[path = "redis_tests.rs"]
+mod tests;

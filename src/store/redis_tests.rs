@@ -1,0 +1,239 @@
+//! The scripts against a real `redis-server`, started here on a free port.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::store::fleet::{Fleet, FleetConfig, Want};
+use crate::store::seal::Sealer;
+use crate::store::server::{INSTALL_HINT, RedisServer};
+use crate::token::{Credentials, TokenAnswer};
+
+/// A fresh server, or `None` (with a notice) where `redis-server` is missing; under
+/// `CI=true` a missing server fails the test.
+fn server() -> Option<RedisServer> {
+    match RedisServer::start() {
+        Ok(Some(server)) => Some(server),
+        Ok(None) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("redis-server is missing and CI=true: {INSTALL_HINT}")
+        }
+        Ok(None) => {
+            eprintln!("skipped: redis-server is not installed; {INSTALL_HINT}");
+            None
+        }
+        Err(e) => panic!("redis-server did not start: {e}"),
+    }
+}
+
+fn keys(secret: &str) -> Keys {
+    Sealer::new(&Credentials::new("access", secret), "http://127.0.0.1:1")
+        .keys()
+        .clone()
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn the_scripts_lease_fence_and_expire() {
+    let Some(server) = server() else { return };
+    let store = RedisStore::open(&server.url()).unwrap();
+    let keys = keys("secret");
+    let empty = store.read(&keys).await.unwrap();
+    assert!(empty.token.is_none() && empty.failure.is_none() && !empty.leased);
+
+    let ttl = Duration::from_millis(60);
+    let Lease::Granted(slow) = store.try_lease(&keys, "slow", ttl, None).await.unwrap() else {
+        panic!("a free lease was refused")
+    };
+    assert_eq!(
+        store.try_lease(&keys, "fast", ttl, None).await.unwrap(),
+        Lease::Busy
+    );
+    // Only its owner ends a lease early.
+    store.release(&keys, "fast").await.unwrap();
+    assert!(store.read(&keys).await.unwrap().leased);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let Lease::Granted(fast) = store.try_lease(&keys, "fast", HOUR, None).await.unwrap() else {
+        panic!("an expired lease was not granted")
+    };
+    assert!(fast > slow);
+    assert!(
+        store
+            .publish(&keys, fast, b"new".to_vec(), HOUR)
+            .await
+            .unwrap()
+    );
+    // The slow writer, its lease gone, can neither replace the token, nor record a failure
+    // over it, nor end the new holder's lease.
+    assert!(
+        !store
+            .publish(&keys, slow, b"old".to_vec(), HOUR)
+            .await
+            .unwrap()
+    );
+    let failure = FailureRecord {
+        value: b"x".to_vec(),
+        streak: 1,
+        hold: HOUR,
+        keep: HOUR,
+    };
+    store.fail(&keys, slow, failure.clone()).await.unwrap();
+    store.release(&keys, "slow").await.unwrap();
+    let snapshot = store.read(&keys).await.unwrap();
+    let token = snapshot.token.unwrap();
+    assert_eq!(
+        (token.generation, token.value.as_slice()),
+        (fast, &b"new"[..])
+    );
+    assert!(token.remaining > HOUR - Duration::from_secs(5) && token.remaining <= HOUR);
+    assert!(snapshot.failure.is_none() && snapshot.leased);
+    store.release(&keys, "fast").await.unwrap();
+
+    // A newer generation's failure is recorded, held, and cleared by the next token.
+    let Lease::Granted(next) = store.try_lease(&keys, "a", HOUR, None).await.unwrap() else {
+        panic!()
+    };
+    let failure = FailureRecord {
+        hold: Duration::from_secs(5),
+        ..failure
+    };
+    store.fail(&keys, next, failure).await.unwrap();
+    let held = store.read(&keys).await.unwrap().failure.unwrap();
+    assert_eq!(held.streak, 1);
+    assert!(held.hold > Duration::ZERO && held.hold <= Duration::from_secs(5));
+    store.release(&keys, "a").await.unwrap();
+
+    // The floor: a forced lease, then none within it (a plain lease still is).
+    let floor = Some(Duration::from_secs(30));
+    let Lease::Granted(forced) = store.try_lease(&keys, "b", HOUR, floor).await.unwrap() else {
+        panic!()
+    };
+    assert!(
+        store
+            .publish(&keys, forced, b"forced".to_vec(), HOUR)
+            .await
+            .unwrap()
+    );
+    assert!(store.read(&keys).await.unwrap().failure.is_none());
+    store.release(&keys, "b").await.unwrap();
+    assert_eq!(
+        store.try_lease(&keys, "c", HOUR, floor).await.unwrap(),
+        Lease::FloorHolds
+    );
+    assert!(matches!(
+        store.try_lease(&keys, "c", HOUR, None).await.unwrap(),
+        Lease::Granted(g) if g > forced
+    ));
+}
+
+#[tokio::test]
+async fn a_fleet_of_seats_on_redis_fetches_once_and_stores_nothing_readable() {
+    let Some(server) = server() else { return };
+    let url = server.url();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let store: Arc<dyn TokenStore> = Arc::new(RedisStore::open(&url).unwrap());
+        let seat = Arc::new(Fleet::new(
+            store,
+            &Credentials::new("the-access-token", "the-secret"),
+            "http://127.0.0.1:1",
+            FleetConfig {
+                lifetime: HOUR,
+                refresh_ahead: Duration::from_secs(600),
+                fetch_timeout: Duration::from_secs(10),
+            },
+        ));
+        let calls = Arc::clone(&calls);
+        tasks.push(tokio::spawn(async move {
+            let fetch = || async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(TokenAnswer {
+                    token: "the-token-value".to_owned(),
+                    account_id: 1,
+                    user_id: None,
+                })
+            };
+            seat.obtain(Want::Demand, fetch, |_, _| Duration::from_secs(1))
+                .await
+        }));
+    }
+    for task in tasks {
+        let got = task.await.unwrap().unwrap();
+        assert_eq!(got.answer.token, "the-token-value");
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let client = Client::open(url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(names.len() >= 2, "{names:?}");
+    for name in names {
+        let value: Vec<u8> = match redis::cmd("TYPE")
+            .arg(&name)
+            .query_async::<String>(&mut c)
+            .await
+            .unwrap()
+            .as_str()
+        {
+            "hash" => {
+                let fields: Vec<Vec<u8>> = redis::cmd("HGETALL")
+                    .arg(&name)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                fields.concat()
+            }
+            _ => redis::cmd("GET")
+                .arg(&name)
+                .query_async(&mut c)
+                .await
+                .unwrap(),
+        };
+        for secret in ["the-token-value", "the-access-token", "the-secret"] {
+            assert!(!name.contains(secret), "{name}");
+            assert!(
+                !value.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn calls_fail_fast_while_redis_is_down_and_work_once_it_is_back() {
+    let Some(mut server) = server() else { return };
+    let store = RedisStore::open(&server.url()).unwrap();
+    let keys = keys("secret");
+    store.ping().await.unwrap();
+    server.kill();
+    assert!(store.read(&keys).await.is_err());
+    assert!(store.ping().await.is_err());
+    server.restart().unwrap();
+    // The scripts are gone with the old server: they are loaded again.
+    let mut answered = false;
+    for _ in 0..20 {
+        if store.read(&keys).await.is_ok() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered);
+    assert!(matches!(
+        store.try_lease(&keys, "x", HOUR, None).await.unwrap(),
+        Lease::Granted(_)
+    ));
+}
+
+#[test]
+fn urls_are_checked_and_never_repeated() {
+    let e = RedisStore::open("http://user:hunter2@127.0.0.1/").unwrap_err();
+    assert!(e.is_config() && !e.to_string().contains("hunter2"), "{e}");
+    let store = RedisStore::open("rediss://:hunter2@redis.example:6380/0").unwrap();
+    assert!(!format!("{store:?}").contains("hunter2"));
+    RedisStore::open("redis://127.0.0.1:6379/").unwrap();
+}

@@ -1,0 +1,133 @@
+//! [`RedisServer`]: a throwaway `redis-server` on a free loopback port, for tests and examples.
+//! Plain `std` (a child process and a socket), so it runs anywhere, in a runtime or not.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to get `redis-server` where it is missing (Debian, Ubuntu).
+pub const INSTALL_HINT: &str = "install it with `apt-get install redis-server` (Debian, Ubuntu)";
+
+/// A `redis-server` this process started on 127.0.0.1, without persistence (`--save ""
+/// --appendonly no`), stopped when dropped.
+///
+/// ```no_run
+/// use lengow_auth::testing::RedisServer;
+///
+/// let Some(redis) = RedisServer::start()? else {
+///     eprintln!("redis-server is not installed: skipping");
+///     return Ok(());
+/// };
+/// let store = lengow_auth::store::RedisStore::open(&redis.url())?;
+/// # let _ = store;
+/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// ```
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port and waits until it answers `PING`.
+    ///
+    /// `Ok(None)` if there is no `redis-server` on the `PATH` ([`INSTALL_HINT`] says how to
+    /// get one); an error if it is there but does not start.
+    pub fn start() -> io::Result<Option<Self>> {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        let mut server = Self { child: None, port };
+        match server.spawn() {
+            Ok(()) => Ok(Some(server)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The port it listens on (kept across [`restart`](Self::restart)).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port, and waits until it answers.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Sends one inline command and returns the raw reply (for `FLUSHALL`, `DBSIZE`, …).
+    pub fn command(&self, command: &str) -> io::Result<String> {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(format!("{command}\r\n").as_bytes())?;
+        let mut reply = [0u8; 512];
+        let n = stream.read(&mut reply)?;
+        Ok(String::from_utf8_lossy(&reply[..n]).trim_end().to_owned())
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let port = self.port.to_string();
+        let dir = std::env::temp_dir();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.command("PING") {
+                Ok(reply) if reply == "+PONG" => return Ok(()),
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    self.kill();
+                    return Err(io::Error::other(format!(
+                        "redis-server did not answer on port {port} within 10 s"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("port", &self.port)
+            .field("running", &self.child.is_some())
+            .finish()
+    }
+}
