@@ -80,6 +80,7 @@ impl Error {
     }
 
     /// The kind, for code that passes an error on in another form (a fleet's store).
+    #[cfg(feature = "redis")]
     pub(crate) fn kind(&self) -> Kind {
         self.inner.kind
     }

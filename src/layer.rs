@@ -85,6 +85,8 @@ impl LengowAuthLayer {
             refresh_on: vec![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN],
             bearer: false,
             wall_clock: Clock::default(),
+            #[cfg(feature = "redis")]
+            store: None,
         }
     }
 
@@ -136,6 +138,8 @@ pub struct LengowAuthBuilder {
     refresh_on: Vec<StatusCode>,
     bearer: bool,
     wall_clock: Clock,
+    #[cfg(feature = "redis")]
+    store: Option<Arc<dyn crate::store::TokenStore>>,
 }
 
 impl LengowAuthBuilder {
@@ -208,6 +212,18 @@ impl LengowAuthBuilder {
         self
     }
 
+    /// Shares one token with every process that uses the same store and credentials (a
+    /// [`RedisStore`](crate::store::RedisStore) for a fleet): one `get_token` at a time for
+    /// all of them, failures and backoff obeyed by all. Requests still read the token from
+    /// this process's memory; the store is asked only when a token is needed or due.
+    /// Without a store (the default), the layer is on its own.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn store(mut self, store: impl crate::store::TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
     /// Builds the layer; `token_client` is used only for `POST /access/get_token`.
     ///
     /// Fails if the `api_url` is not https (plain http is allowed only on loopback) or has
@@ -264,6 +280,21 @@ impl LengowAuthBuilder {
             )));
         }
         let endpoint = token_endpoint(&self.api_url)?;
+        #[cfg(feature = "redis")]
+        let fleet = self.store.map(|store| {
+            let config = crate::store::FleetConfig {
+                lifetime: self.token_lifetime,
+                refresh_ahead: self.refresh_ahead,
+                fetch_timeout: self.fetch_timeout,
+            };
+            let origin = endpoint.to_string();
+            Arc::new(crate::store::Fleet::new(
+                store,
+                &self.credentials,
+                &origin,
+                config,
+            ))
+        });
         let fetcher = Fetcher::new(token_client, endpoint, self.credentials, self.fetch_timeout);
         let cache = Cache::new(
             CacheConfig {
@@ -273,6 +304,8 @@ impl LengowAuthBuilder {
                 invalid_credentials_cooldown: self.invalid_credentials_cooldown,
                 bearer: self.bearer,
                 clock: self.wall_clock,
+                #[cfg(feature = "redis")]
+                fleet,
             },
             fetcher,
         );

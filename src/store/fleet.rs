@@ -215,7 +215,15 @@ impl Fleet {
                 Lease::Granted(generation) => {
                     return self.fetch_leased(want, generation, fetch, wait_for).await;
                 }
-                Lease::FloorHolds => return Ok(Err(Failure::FloorHolds)),
+                Lease::FloorHolds => {
+                    // The lease is free and the floor set: whoever forced the last refresh is
+                    // done, maybe since the read above. What it left decides.
+                    let (snapshot, read_at) = self.read().await?;
+                    return Ok(match self.suitable(want, &snapshot, read_at) {
+                        Some(found) => Ok(found),
+                        None => Err(self.held_failure(&snapshot).unwrap_or(Failure::FloorHolds)),
+                    });
+                }
                 Lease::Busy => (snapshot, read_at) = self.wait_for_holder(want).await?,
             }
         }
@@ -460,6 +468,21 @@ async fn probe(fleet: Weak<Fleet>) {
     }
 }
 
+impl Failure {
+    /// The error the waiters of a refused forced refresh get: the rejection is returned as
+    /// is, and nothing is backed off.
+    pub(crate) fn floor_error() -> Error {
+        Error::build(
+            Kind::Unavailable {
+                status: None,
+                retry_after: None,
+            },
+            Some("no newer token: the fleet's floor between forced refreshes holds".to_owned()),
+            None,
+        )
+    }
+}
+
 fn store_failed() -> Error {
     Error::build(
         Kind::Unavailable {
@@ -495,7 +518,7 @@ impl SealedFailure {
                 after_ms: ms(after),
             },
             Kind::MalformedResponse => SharedKind::Malformed,
-            Kind::Config | Kind::NoRuntime => SharedKind::Config,
+            Kind::Config | Kind::NoRuntime | Kind::NoTimers => SharedKind::Config,
         };
         Self {
             kind,

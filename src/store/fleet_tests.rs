@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
-use crate::store::{MemoryStore, StoredToken};
+use crate::store::{Keys, MemoryStore, StoreFuture, StoredToken};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -432,5 +432,87 @@ async fn a_store_that_fails_leaves_each_process_on_its_own_until_it_is_back() {
         lengow.calls(),
         4,
         "one fetch for the fleet once the store is back"
+    );
+}
+
+/// A store whose `try_lease` comes a second late: another process can take the lease,
+/// fetch, publish and release between this one's read and its `try_lease`.
+struct LateLease(MemoryStore);
+
+impl TokenStore for LateLease {
+    fn read<'a>(&'a self, keys: &'a Keys) -> StoreFuture<'a, Snapshot> {
+        self.0.read(keys)
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        keys: &'a Keys,
+        owner: &'a str,
+        ttl: Duration,
+        floor: Option<Duration>,
+    ) -> StoreFuture<'a, Lease> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.0.try_lease(keys, owner, ttl, floor).await
+        })
+    }
+
+    fn release<'a>(&'a self, keys: &'a Keys, owner: &'a str) -> StoreFuture<'a, ()> {
+        self.0.release(keys, owner)
+    }
+
+    fn publish<'a>(
+        &'a self,
+        keys: &'a Keys,
+        generation: u64,
+        value: Vec<u8>,
+        life: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.0.publish(keys, generation, value, life)
+    }
+
+    fn fail<'a>(
+        &'a self,
+        keys: &'a Keys,
+        generation: u64,
+        failure: FailureRecord,
+    ) -> StoreFuture<'a, ()> {
+        self.0.fail(keys, generation, failure)
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.0.ping()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_refresh_that_finishes_meanwhile_is_adopted_not_refused() {
+    let store = MemoryStore::new();
+    let lengow = Lengow::default();
+    let first = obtain(&seat(&store, "secret"), Want::Demand, &lengow)
+        .await
+        .unwrap();
+    let want = Want::Forced {
+        rejected: first.generation,
+        floor: Duration::from_secs(10),
+    };
+    let late = Arc::new(Fleet::new(
+        Arc::new(LateLease(store.clone())),
+        &Credentials::new("access", "secret"),
+        "http://127.0.0.1:1",
+        config(),
+    ));
+    let behind = {
+        let lengow = lengow.clone();
+        tokio::spawn(async move { obtain(&late, want, &lengow).await })
+    };
+    tokio::task::yield_now().await;
+    let ahead = obtain(&seat(&store, "secret"), want, &lengow)
+        .await
+        .unwrap();
+    let behind = behind.await.unwrap().unwrap();
+    assert_eq!(
+        (ahead.generation, behind.generation, lengow.calls()),
+        (2, 2, 2)
     );
 }

@@ -32,7 +32,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub(crate) use fleet::{Failure, Fleet, FleetConfig, Obtained, Want};
+pub(crate) use fleet::{Failure, Fleet, FleetConfig, Want};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -138,8 +138,9 @@ pub enum Lease {
     FloorHolds,
 }
 
-/// What [`TokenStore::read`] saw, in one atomic step.
-#[derive(Clone, Default)]
+/// What [`TokenStore::read`] saw, in one atomic step. Values are sealed: printing them
+/// shows no token.
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// The current token, if one is stored.
     pub token: Option<StoredToken>,
@@ -149,24 +150,8 @@ pub struct Snapshot {
     pub leased: bool,
 }
 
-impl fmt::Debug for Snapshot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Snapshot")
-            .field(
-                "token",
-                &self.token.as_ref().map(|t| (t.generation, t.remaining)),
-            )
-            .field(
-                "failure",
-                &self.failure.as_ref().map(|f| (f.streak, f.hold)),
-            )
-            .field("leased", &self.leased)
-            .finish()
-    }
-}
-
 /// A stored token: sealed, with its generation and what is left of its life.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct StoredToken {
     /// The generation it was published with.
     pub generation: u64,
@@ -177,7 +162,7 @@ pub struct StoredToken {
 }
 
 /// A recorded failure: sealed, with the failures in a row and what is left of its hold.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct StoredFailure {
     /// The sealed error.
     pub value: Vec<u8>,

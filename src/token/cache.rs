@@ -17,6 +17,8 @@ use tracing::Instrument;
 use super::{Asked, Clock, Fetcher, Token, TokenAnswer};
 use crate::error::{Error, Kind};
 use crate::stats::Counters;
+#[cfg(feature = "redis")]
+use crate::store::{Failure, Fleet, Want};
 
 /// What waiters of one fetch share: the token or the error.
 pub(crate) type Outcome = Result<Arc<Token>, Error>;
@@ -36,6 +38,9 @@ pub(crate) struct CacheConfig {
     pub(crate) invalid_credentials_cooldown: Duration,
     pub(crate) bearer: bool,
     pub(crate) clock: Clock,
+    /// The fleet's shared store, if the layer was given one.
+    #[cfg(feature = "redis")]
+    pub(crate) fleet: Option<Arc<Fleet>>,
 }
 
 /// Why a fetch was started.
@@ -81,6 +86,9 @@ struct State {
     generation: u64,
     last_forced: Option<Instant>,
     forced_floor: Duration,
+    /// The fleet's generation of the current token (with a store).
+    #[cfg(feature = "redis")]
+    fleet_generation: u64,
     refresher: Option<AbortHandle>,
     /// Every handle to the layer is gone: requests still in flight may fetch, but no
     /// refresher starts again.
@@ -106,6 +114,8 @@ impl Cache {
                 generation: 0,
                 last_forced: None,
                 forced_floor,
+                #[cfg(feature = "redis")]
+                fleet_generation: 0,
                 refresher: None,
                 closed: false,
             }),
@@ -239,7 +249,6 @@ impl Cache {
     }
 
     async fn fetch(self: &Arc<Self>, reason: Reason, attempt: u32) -> Outcome {
-        Counters::bump(&self.counters.fetches);
         match reason {
             Reason::Background => Counters::bump(&self.counters.background_refreshes),
             Reason::Forced => Counters::bump(&self.counters.forced_refreshes),
@@ -257,32 +266,45 @@ impl Cache {
             at: Instant::now(),
             wall: self.config.clock.now(),
         };
-        // The token client runs in a task of its own, so that its panic is a failed fetch,
-        // backed off like any other, and not a lost one.
-        let cache = Arc::clone(self);
-        let call = tokio::spawn(async move { cache.fetcher.fetch(&cache.config.clock).await });
-        let result = match call.instrument(span.clone()).await {
-            Ok(result) => result,
-            Err(e) => Err(Error::from_join(e)),
+        let (result, wait) = match self.get_token(reason).instrument(span.clone()).await {
+            Got::Token {
+                answer,
+                life,
+                fleet,
+            } => (Ok((answer, life, fleet)), None),
+            Got::Failed { error, wait } => (Err(error), wait),
+            #[cfg(feature = "redis")]
+            Got::FloorHolds => {
+                // No newer token: the rejection is returned as is; nothing is backed off.
+                self.lock().inflight = None;
+                return Err(Failure::floor_error());
+            }
         };
-        let result = result.and_then(|answer| {
+        let result = result.and_then(|(answer, life, fleet)| {
             let header = super::header_value(&answer.token, self.config.bearer)
                 .ok_or_else(|| Error::malformed("`token` is not a valid header value"))?;
-            Ok(Obtained {
-                answer,
-                header,
-                life: self.config.lifetime,
-            })
+            Ok((
+                Obtained {
+                    answer,
+                    header,
+                    life,
+                },
+                fleet,
+            ))
         });
         span.record("latency_ms", asked.at.elapsed().as_millis() as u64);
         let _entered = span.enter();
         let mut state = self.lock();
         state.inflight = None;
         match result {
-            Ok(obtained) => {
+            Ok((obtained, _fleet)) => {
                 state.generation += 1;
                 state.failures_in_row = 0;
                 state.failure = None;
+                #[cfg(feature = "redis")]
+                {
+                    state.fleet_generation = _fleet;
+                }
                 let token = Arc::new(Token::new(
                     obtained.header,
                     &obtained.answer,
@@ -309,7 +331,7 @@ impl Cache {
             Err(error) => {
                 Counters::bump(&self.counters.fetch_failures);
                 state.failures_in_row = state.failures_in_row.saturating_add(1);
-                let wait = self.failure_wait(&error, state.failures_in_row);
+                let wait = wait.unwrap_or_else(|| self.failure_wait(&error, state.failures_in_row));
                 state.failure = Some((error.clone(), Instant::now() + wait));
                 span.record("outcome", "failed");
                 tracing::warn!(
@@ -319,6 +341,71 @@ impl Cache {
                 );
                 Err(error)
             }
+        }
+    }
+
+    /// One `get_token` call, or, with a store, what the fleet agrees on.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    async fn get_token(self: &Arc<Self>, reason: Reason) -> Got {
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.config.fleet {
+            let want = {
+                let state = self.lock();
+                match reason {
+                    Reason::Demand => Want::Demand,
+                    Reason::Background => Want::Background {
+                        current: state.fleet_generation,
+                    },
+                    Reason::Forced => Want::Forced {
+                        rejected: state.fleet_generation,
+                        floor: state.forced_floor,
+                    },
+                }
+            };
+            let wait_for = |error: &Error, streak| self.failure_wait(error, streak);
+            return match fleet
+                .obtain(want, || self.call_token_client(), wait_for)
+                .await
+            {
+                Ok(got) => {
+                    tracing::debug!(
+                        fleet_generation = got.generation,
+                        fetched_here = got.fetched_here,
+                        remaining_ms = got.remaining.as_millis() as u64,
+                        "token from the fleet"
+                    );
+                    Got::Token {
+                        answer: got.answer,
+                        life: got.remaining,
+                        fleet: got.generation,
+                    }
+                }
+                Err(Failure::Fetch { error, wait }) => Got::Failed {
+                    error,
+                    wait: Some(wait),
+                },
+                Err(Failure::FloorHolds) => Got::FloorHolds,
+            };
+        }
+        match self.call_token_client().await {
+            Ok(answer) => Got::Token {
+                answer,
+                life: self.config.lifetime,
+                fleet: 0,
+            },
+            Err(error) => Got::Failed { error, wait: None },
+        }
+    }
+
+    /// One `get_token` call. The token client runs in a task of its own, so that its panic
+    /// is a failed fetch, backed off like any other, and not a lost one.
+    async fn call_token_client(self: &Arc<Self>) -> Result<TokenAnswer, Error> {
+        Counters::bump(&self.counters.fetches);
+        let cache = Arc::clone(self);
+        let call = tokio::spawn(async move { cache.fetcher.fetch(&cache.config.clock).await });
+        match call.await {
+            Ok(result) => result,
+            Err(e) => Err(Error::from_join(e)),
         }
     }
 
@@ -435,6 +522,24 @@ impl Cache {
     pub(crate) async fn account_id(self: &Arc<Self>) -> Result<u64, Error> {
         Ok(self.token().await?.account_id)
     }
+}
+
+/// What one fetch brought.
+enum Got {
+    /// A token and its life left: the configured lifetime, or the store's.
+    Token {
+        answer: TokenAnswer,
+        life: Duration,
+        fleet: u64,
+    },
+    /// An error, served for `wait` (the fleet's) or for the cache's own backoff.
+    Failed {
+        error: Error,
+        wait: Option<Duration>,
+    },
+    /// A forced refresh the fleet refused: its floor holds and no newer token exists.
+    #[cfg(feature = "redis")]
+    FloorHolds,
 }
 
 /// A token as the fetch obtained it, with the life it has left.
