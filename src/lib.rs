@@ -79,6 +79,7 @@ mod reqwest;
 #[cfg(all(
     doctest,
     feature = "client",
+    feature = "redis",
     feature = "reqwest",
     feature = "test-util"
 ))]
