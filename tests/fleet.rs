@@ -598,3 +598,98 @@ async fn two_credentials_share_no_key() {
     assert!(ta.is_disjoint(&tb));
     assert_eq!((a.token_fetches(), b.token_fetches()), (1, 1));
 }
+
+// ---- Several layers in this process, sharing a MemoryStore, on a paused clock ------------
+
+/// An in-process `get_token` (no sockets, so tokio's paused clock cannot race real I/O): a
+/// fresh token after 300 ms, counted.
+fn counted_token_client(
+    fetches: Arc<AtomicU64>,
+) -> impl tower::Service<
+    http::Request<http_body_util::Full<Bytes>>,
+    Response = http::Response<http_body_util::Full<Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    tower::service_fn(move |_| {
+        let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let body = format!(r#"{{"token":"token-{n}","account_id":1}}"#);
+            Ok(http::Response::new(http_body_util::Full::new(Bytes::from(
+                body,
+            ))))
+        }
+    })
+}
+
+fn layers(
+    n: usize,
+    store: Option<&lengow_auth::store::MemoryStore>,
+    fetches: &Arc<AtomicU64>,
+) -> Vec<LengowAuthLayer> {
+    (0..n)
+        .map(|_| {
+            let builder = LengowAuthLayer::builder(lengow_auth::Credentials::new("a", "s"));
+            let builder = match store {
+                Some(store) => builder.store(store.clone()),
+                None => builder,
+            };
+            builder
+                .build(counted_token_client(Arc::clone(fetches)))
+                .expect("a layer")
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_day_of_sixteen_layers_sharing_a_store_costs_what_one_layer_costs() {
+    for (shared, most) in [(true, 30), (false, 16 * 30)] {
+        let fetches = Arc::new(AtomicU64::new(0));
+        let store = lengow_auth::store::MemoryStore::new();
+        let layers = layers(16, shared.then_some(&store), &fetches);
+        for layer in &layers {
+            layer.account_id().await.expect("a token");
+        }
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        // One cold fetch, then one every 50 to 51 minutes (an hour less 10 minutes ahead,
+        // less up to a minute of jitter): 29 in a day for one layer.
+        let n = fetches.load(Ordering::SeqCst);
+        let one_layer = 29;
+        let expected = if shared { one_layer } else { 16 * one_layer };
+        assert!(
+            (expected - 1..=most).contains(&n),
+            "shared {shared}: {n} fetches"
+        );
+        for layer in &layers {
+            layer.account_id().await.expect("a token after a day");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn layers_whose_store_is_down_fetch_on_their_own_then_rejoin() {
+    let fetches = Arc::new(AtomicU64::new(0));
+    let store = lengow_auth::store::MemoryStore::new();
+    store.set_down(true);
+    let layers = layers(4, Some(&store), &fetches);
+    for layer in &layers {
+        layer.account_id().await.expect("a token without the store");
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 4);
+    store.set_down(false);
+    // Past the probe, and past the tokens' refresh: one refresh for the four.
+    tokio::time::sleep(Duration::from_secs(3600 - 300)).await;
+    let after_refresh = fetches.load(Ordering::SeqCst);
+    assert_eq!(
+        after_refresh, 5,
+        "one refresh for the fleet once the store is back"
+    );
+    for layer in &layers {
+        layer.account_id().await.expect("a token");
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), after_refresh);
+}
