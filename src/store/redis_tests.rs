@@ -237,3 +237,15 @@ fn urls_are_checked_and_never_repeated() {
     assert!(!format!("{store:?}").contains("hunter2"));
     RedisStore::open("redis://127.0.0.1:6379/").unwrap();
 }
+
+#[tokio::test]
+async fn rediss_speaks_tls() {
+    let Some(server) = server() else { return };
+    // TLS to a plain server: the handshake fails, as an error (a crypto provider is found,
+    // the client config is built, no panic).
+    let url = format!("rediss://127.0.0.1:{}/", server.port());
+    let store = RedisStore::open(&url).unwrap();
+    let e = store.ping().await.unwrap_err().to_string();
+    assert!(!e.contains("provider") && !e.contains("feature"), "{e}");
+    assert!(store.read(&keys("secret")).await.is_err());
+}
