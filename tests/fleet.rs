@@ -518,7 +518,7 @@ async fn no_process_fetches_before_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flushall_and_a_redis_restart_lose_no_request() {
+async fn flushall_a_hung_redis_and_a_redis_restart_lose_no_request() {
     let Some(mut redis) = redis_server() else {
         return;
     };
@@ -535,11 +535,17 @@ async fn flushall_and_a_redis_restart_lose_no_request() {
     let mut workers = fleet(&setup, 6).await;
     assert_eq!(all(&mut workers, "burst 3").await.ok, 18);
     for worker in &mut workers {
-        worker.send("run 9000 3").await;
+        worker.send("run 11000 3").await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(redis.command("FLUSHALL").expect("FLUSHALL"), "+OK");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Hung: calls go unanswered.
+    redis.pause().expect("SIGSTOP");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    redis.resume().expect("SIGCONT");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Gone, then back empty.
     redis.kill();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     redis.restart().expect("redis-server restarted");

@@ -249,3 +249,24 @@ async fn rediss_speaks_tls() {
     assert!(!e.contains("provider") && !e.contains("feature"), "{e}");
     assert!(store.read(&keys("secret")).await.is_err());
 }
+
+#[tokio::test]
+async fn a_password_in_the_url_is_used_and_never_shown() {
+    let Some(server) = server() else { return };
+    assert_eq!(
+        server
+            .command("CONFIG SET requirepass hunter2-pass")
+            .unwrap(),
+        "+OK"
+    );
+    let with = RedisStore::open(&format!(
+        "redis://:hunter2-pass@127.0.0.1:{}/",
+        server.port()
+    ))
+    .unwrap();
+    with.ping().await.unwrap();
+    assert!(!format!("{with:?}").contains("hunter2"));
+    let without = RedisStore::open(&server.url()).unwrap();
+    let e = without.ping().await.unwrap_err();
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}

@@ -64,6 +64,31 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server without closing anything (SIGSTOP): connections stay open and calls
+    /// go unanswered, as with a Redis that hangs. [`resume`](Self::resume) undoes it.
+    pub fn pause(&self) -> io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a [paused](Self::pause) server run again (SIGCONT).
+    pub fn resume(&self) -> io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> io::Result<()> {
+        let Some(child) = &self.child else {
+            return Err(io::Error::other("redis-server is not running"));
+        };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("kill {signal} failed: {status}")))
+        }
+    }
+
     /// Starts it again, empty, on the same port, and waits until it answers.
     pub fn restart(&mut self) -> io::Result<()> {
         self.kill();
