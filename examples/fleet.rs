@@ -190,10 +190,14 @@ async fn worker(args: &[String]) -> Result<(), BoxError> {
     let mut requests = Vec::new();
     for _ in 0..BURST_REQUESTS {
         let client = client.clone();
-        let request = Request::get(format!("{api}/v3.0/orders")).body(Empty::new())?;
+        let request =
+            Request::get(format!("{}/v3.0/orders", api.trim_end_matches('/'))).body(Empty::new())?;
         requests.push(tokio::spawn(async move {
             let response = client.oneshot(request).await?;
             let waited = started.elapsed();
+            if response.status() != 200 {
+                return Err(format!("the API answered {}", response.status()).into());
+            }
             response.into_body().collect().await?;
             Ok::<_, BoxError>(waited)
         }));
