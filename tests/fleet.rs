@@ -699,3 +699,62 @@ async fn layers_whose_store_is_down_fetch_on_their_own_then_rejoin() {
     }
     assert_eq!(fetches.load(Ordering::SeqCst), after_refresh);
 }
+
+/// Collects what a tracing subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("the log buffer")
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_of_the_store_is_logged_once_and_its_end_once() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let fetches = Arc::new(AtomicU64::new(0));
+    let store = lengow_auth::store::MemoryStore::new();
+    let layer = LengowAuthLayer::builder(lengow_auth::Credentials::new(
+        "access-5c1e7a",
+        "secret-93bd20f1",
+    ))
+    .token_lifetime(Duration::from_secs(60))
+    .refresh_ahead(Duration::from_secs(10))
+    .store(store.clone())
+    .build(counted_token_client(Arc::clone(&fetches)))
+    .expect("a layer");
+    store.set_down(true);
+    layer.account_id().await.expect("a token without the store");
+    // Five refreshes while the store is down, each fetched alone.
+    tokio::time::sleep(Duration::from_secs(5 * 55)).await;
+    assert!(fetches.load(Ordering::SeqCst) >= 5);
+    store.set_down(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    store.set_down(true);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    layer.account_id().await.expect("a token");
+
+    let text = String::from_utf8(logs.0.lock().expect("the log buffer").clone()).expect("utf-8");
+    let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("token store unreachable"), 2, "two outages");
+    assert_eq!(count("token store answers again"), 1);
+    for secret in ["access-5c1e7a", "secret-93bd20f1", "token-1"] {
+        assert!(!text.contains(secret), "{secret} in the logs");
+    }
+}
