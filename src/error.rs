@@ -58,6 +58,9 @@ pub(crate) enum Kind {
     NoRuntime,
     /// The tokio runtime was built without its timer driver.
     NoTimers,
+    /// A forced refresh the fleet refused: its floor holds and no newer token exists. It
+    /// never reaches the caller: the rejection that asked for it is returned, marked.
+    FloorHolds,
 }
 
 impl Error {
@@ -126,6 +129,11 @@ impl Error {
             Some("the token client panicked".to_owned()),
             None,
         )
+    }
+
+    /// A forced refresh refused because the floor between forced refreshes holds.
+    pub(crate) fn is_floor(&self) -> bool {
+        matches!(self.inner.kind, Kind::FloorHolds)
     }
 
     /// The credentials were refused by `get_token` (400, 401 or 403). No token is requested
@@ -281,6 +289,9 @@ impl fmt::Display for Error {
             Kind::NoRuntime => {
                 f.write_str("lengow-auth needs a tokio runtime: call it from within one")?
             }
+            Kind::FloorHolds => f.write_str(
+                "no newer token: the floor between forced refreshes holds",
+            )?,
             Kind::NoTimers => f.write_str(
                 "lengow-auth needs tokio's timers: build the runtime with enable_time() or enable_all()",
             )?,

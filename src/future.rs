@@ -246,9 +246,19 @@ where
                     request,
                     rejection,
                 } => {
-                    let Ok(token) = ready!(token.as_mut().poll(cx)) else {
-                        Counters::bump(&this.shared.cache.counters.rejected_without_token);
-                        return Poll::Ready(Ok(returned(take(rejection), Why::NoToken)));
+                    let token = match ready!(token.as_mut().poll(cx)) {
+                        Ok(token) => token,
+                        Err(e) => {
+                            let counters = &this.shared.cache.counters;
+                            let why = if e.is_floor() {
+                                Counters::bump(&counters.rejected_within_floor);
+                                Why::Floor
+                            } else {
+                                Counters::bump(&counters.rejected_without_token);
+                                Why::NoToken
+                            };
+                            return Poll::Ready(Ok(returned(take(rejection), why)));
+                        }
                     };
                     let mut request = take(request);
                     request

@@ -472,14 +472,7 @@ impl Failure {
     /// The error the waiters of a refused forced refresh get: the rejection is returned as
     /// is, and nothing is backed off.
     pub(crate) fn floor_error() -> Error {
-        Error::build(
-            Kind::Unavailable {
-                status: None,
-                retry_after: None,
-            },
-            Some("no newer token: the fleet's floor between forced refreshes holds".to_owned()),
-            None,
-        )
+        Error::new(Kind::FloorHolds)
     }
 }
 
@@ -518,7 +511,9 @@ impl SealedFailure {
                 after_ms: ms(after),
             },
             Kind::MalformedResponse => SharedKind::Malformed,
-            Kind::Config | Kind::NoRuntime | Kind::NoTimers => SharedKind::Config,
+            Kind::Config | Kind::NoRuntime | Kind::NoTimers | Kind::FloorHolds => {
+                SharedKind::Config
+            }
         };
         Self {
             kind,
