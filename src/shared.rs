@@ -76,8 +76,11 @@ impl Origin {
     /// is resolved against the origin (scheme and authority filled in), unless its `Host`
     /// header names another host: then it is not this origin's, and is left as it is.
     pub(crate) fn admits(&self, uri: &mut Uri, headers: &HeaderMap) -> bool {
-        if uri.authority().is_some() {
-            return self.matches(uri.scheme(), uri.host(), uri.port_u16());
+        if let Some(authority) = uri.authority() {
+            // Spelled as `api_url` spells it (the usual case), or else compared part by part.
+            let same = authority.as_str().eq_ignore_ascii_case(self.authority.as_str());
+            return (same && uri.scheme() == Some(&self.scheme))
+                || self.matches(uri.scheme(), uri.host(), uri.port_u16());
         }
         if let Some(host) = headers.get(header::HOST) {
             let named = Authority::try_from(host.as_bytes()).ok();
