@@ -1,22 +1,18 @@
-//! The comparison stacks shared by `benches/hot_path.rs` (time per request) and
-//! `tests/allocations.rs` (allocations per request): the no-op inner services, tower-http's
-//! `SetRequestHeader` with a fixed token, the hand-built stack a user would write instead of
-//! this crate, and a `LengowAuthLayer` whose token client answers at once.
+//! What `benches/hot_path.rs` times and `benches/allocations.rs` counts: the requests, two
+//! inner services that answer 200 at once, and the stacks compared with `LengowAuth`.
 //!
-//! Included by path (`#[path = "..."] mod stacks;`), not a crate: each includer uses a part
-//! (the test, say, never builds a cold layer), hence the `allow` below.
-
-#![allow(dead_code)]
+//! Included by path (`#[path = "support/stacks.rs"] mod stacks;`), not a crate.
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
+use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::pin::pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{Empty, Full};
@@ -26,11 +22,32 @@ use tower::retry::{Policy, Retry, RetryLayer};
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::set_header::{MakeHeaderValue, SetRequestHeader, SetRequestHeaderLayer};
 
-pub const TOKEN: &str = "0a1b2c3d-0000-4abc-8def-0123456789ab";
-pub const TOKEN_ANSWER: &str = r#"{"token":"0a1b2c3d-0000-4abc-8def-0123456789ab","account_id":1}"#;
-pub const API_URL: &str = "http://127.0.0.1:1";
-pub const ORDERS_URL: &str = "http://127.0.0.1:1/v3.0/orders?account_id=1";
-pub const ACTIONS_URL: &str = "http://127.0.0.1:1/v3.0/orders/actions/";
+const TOKEN: &str = "0a1b2c3d-0000-4abc-8def-0123456789ab";
+const TOKEN_ANSWER: &str = r#"{"token":"0a1b2c3d-0000-4abc-8def-0123456789ab","account_id":1}"#;
+const API_URL: &str = "http://127.0.0.1:1";
+
+// ---------------------------------------------------------------------------------------
+// Requests, as a user builds them: header values from string literals own their bytes.
+
+/// `GET /v3.0/orders` with three headers and no body.
+pub fn get_request() -> Request<Empty<Bytes>> {
+    Request::get("http://127.0.0.1:1/v3.0/orders?account_id=1")
+        .header(ACCEPT, "application/json")
+        .header(USER_AGENT, "lengow-auth-bench/1.0")
+        .header("x-request-id", "0001")
+        .body(Empty::new())
+        .expect("a valid request")
+}
+
+/// `POST /v3.0/orders/actions/` with three headers and a 1 KiB body made from a `Vec`.
+pub fn post_request() -> Request<Full<Bytes>> {
+    Request::post("http://127.0.0.1:1/v3.0/orders/actions/")
+        .header(CONTENT_TYPE, "application/json")
+        .header(USER_AGENT, "lengow-auth-bench/1.0")
+        .header("x-request-id", "0001")
+        .body(Full::new(Bytes::from(vec![b'x'; 1024])))
+        .expect("a valid request")
+}
 
 // ---------------------------------------------------------------------------------------
 // Inner services
@@ -48,15 +65,13 @@ impl<B> Service<Request<B>> for Noop {
         Poll::Ready(Ok(()))
     }
 
-    #[inline]
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        drop(request);
+    fn call(&mut self, _: Request<B>) -> Self::Future {
         ready(Ok(Response::new(Empty::new())))
     }
 }
 
-/// Reads the request body to its end (a quick poll loop; the bodies here are always ready),
-/// then answers 200.
+/// Reads the request body to its end (its frames are all ready), then answers 200 at once:
+/// what a client does with a POST body, without the network.
 #[derive(Clone, Copy, Debug)]
 pub struct Drain;
 
@@ -82,53 +97,36 @@ impl<B: Body> Service<Request<B>> for Drain {
 // ---------------------------------------------------------------------------------------
 // The stacks
 
-/// Whether `STATIC_HEADER=from_static` asks for the floor's value to be made with
-/// `HeaderValue::from_static`.
-pub fn static_header_from_static() -> bool {
-    std::env::var("STATIC_HEADER").is_ok_and(|v| v == "from_static")
-}
-
-/// The floor: a fixed token, made at run time (a token is never a `&'static str`), sensitive.
-///
-/// With `STATIC_HEADER=from_static` in the environment the value is made with
-/// `HeaderValue::from_static` instead: its clones and drops then touch no reference count,
-/// which lowers the floor by two atomic operations a request.
+/// tower-http's `SetRequestHeader` with one fixed token (made at run time and sensitive, as a
+/// token is): the floor, with no refresh and no replay.
 pub fn static_header<S>(inner: S) -> SetRequestHeader<S, HeaderValue> {
-    let mut value = if static_header_from_static() {
-        HeaderValue::from_static(TOKEN)
-    } else {
-        HeaderValue::from_str(TOKEN).expect("a valid header value")
-    };
+    let mut value = HeaderValue::from_str(TOKEN).expect("a valid header value");
     value.set_sensitive(true);
     SetRequestHeaderLayer::overriding(AUTHORIZATION, value).layer(inner)
 }
 
-/// The token a hand-built stack shares between its services and its refresher.
-pub type SharedToken = Arc<RwLock<HeaderValue>>;
+/// The token a hand-built stack shares between its services and the task that refreshes it.
+pub type SharedToken = Arc<ArcSwap<HeaderValue>>;
 
 pub fn shared_token() -> SharedToken {
     let mut value = HeaderValue::from_str(TOKEN).expect("a valid header value");
     value.set_sensitive(true);
-    Arc::new(RwLock::new(value))
+    Arc::new(ArcSwap::from_pointee(value))
 }
 
-/// Reads the shared token for every request.
+/// Reads the shared token for every request: one lock-free load, one header clone.
 #[derive(Clone, Debug)]
 pub struct ReadToken(SharedToken);
 
 impl<B> MakeHeaderValue<Request<B>> for ReadToken {
     fn make_header_value(&mut self, _: &Request<B>) -> Option<HeaderValue> {
-        Some(
-            self.0
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        )
+        Some(HeaderValue::clone(&self.0.load()))
     }
 }
 
-/// Keeps a clone of each request and sends it again, once, after a 401. A real stack would
-/// refresh the shared token in `retry`; here the token stays valid, so it only says "go".
+/// Keeps a copy of every request (its head and its `Bytes` body) and sends it again, once,
+/// after a 401. A real stack would refresh the shared token before the replay; here the token
+/// stays valid and no request is rejected, so only the copy is paid.
 #[derive(Clone, Debug, Default)]
 pub struct ReplayOnce {
     replayed: bool,
@@ -155,20 +153,20 @@ impl<B: Clone, R, E> Policy<Request<B>, Response<R>, E> for ReplayOnce {
         if self.replayed {
             return None;
         }
-        let mut clone = Request::new(request.body().clone());
-        *clone.method_mut() = request.method().clone();
-        *clone.uri_mut() = request.uri().clone();
-        *clone.version_mut() = request.version();
-        *clone.headers_mut() = request.headers().clone();
-        *clone.extensions_mut() = request.extensions().clone();
-        Some(clone)
+        let mut copy = Request::new(request.body().clone());
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.version_mut() = request.version();
+        *copy.headers_mut() = request.headers().clone();
+        *copy.extensions_mut() = request.extensions().clone();
+        Some(copy)
     }
 }
 
 pub type HandBuilt<S> = Retry<ReplayOnce, SetRequestHeader<S, ReadToken>>;
 
-/// What a user would build instead of this crate: `SetRequestHeader` reading `token`, under
-/// `Retry` replaying once on 401.
+/// What a user would write instead of this crate: `SetRequestHeader` reading the shared token,
+/// under `tower::retry` replaying once after a 401.
 pub fn hand_built<S>(inner: S, token: &SharedToken) -> HandBuilt<S> {
     ServiceBuilder::new()
         .layer(RetryLayer::new(ReplayOnce::default()))
@@ -179,9 +177,19 @@ pub fn hand_built<S>(inner: S, token: &SharedToken) -> HandBuilt<S> {
         .service(inner)
 }
 
-/// A layer whose token client answers a valid token at once, warmed so it holds that token.
+/// A layer holding a valid token, fetched from a token client that answers at once.
 pub fn warm_layer(runtime: &Runtime) -> LengowAuthLayer {
-    let layer = cold_layer();
+    let token_client = tower::service_fn(|_: Request<Full<Bytes>>| async {
+        let response = Response::builder()
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(TOKEN_ANSWER.as_bytes())))
+            .expect("a valid response");
+        Ok::<_, Infallible>(response)
+    });
+    let layer = LengowAuthLayer::builder(Credentials::new("bench-access-token", "bench-secret"))
+        .api_url(API_URL.parse().expect("a valid uri"))
+        .build(token_client)
+        .expect("valid settings");
     let account_id = runtime
         .block_on(layer.account_id())
         .expect("the token client answers a token");
@@ -189,26 +197,22 @@ pub fn warm_layer(runtime: &Runtime) -> LengowAuthLayer {
     layer
 }
 
-/// A layer that holds no token yet; its token client answers a valid one at once. The replay
-/// body limit is the default, 64 KiB: a 1 KiB POST is kept for a replay.
-pub fn cold_layer() -> LengowAuthLayer {
-    let token_client = tower::service_fn(|_: Request<Full<Bytes>>| async {
-        let response = Response::builder()
-            .status(StatusCode::OK)
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from_static(TOKEN_ANSWER.as_bytes())))
-            .expect("a valid response");
-        Ok::<_, Infallible>(response)
-    });
-    LengowAuthLayer::builder(Credentials::new("bench-access-token", "bench-secret"))
-        .api_url(API_URL.parse().expect("a valid uri"))
-        .build(token_client)
-        .expect("valid settings")
-}
-
-pub fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
+/// Sends one request through `service`: `poll_ready`, `call` and one poll with a no-op waker.
+/// Every stack here answers at once (the layer holds a valid token); anything else panics.
+pub fn drive<S, R>(service: &mut S, request: R) -> S::Response
+where
+    S: Service<R>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        other => panic!("the stack is not ready: {other:?}"),
+    }
+    let mut future = pin!(service.call(request));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(response)) => response,
+        Poll::Ready(Err(e)) => panic!("the stack failed: {e:?}"),
+        Poll::Pending => panic!("the stack did not answer at once"),
+    }
 }
