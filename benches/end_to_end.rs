@@ -1,24 +1,24 @@
-//! End to end over loopback: a hyper-util legacy `Client` sends `GET /v3.0/orders` to an
-//! in-process `FakeLengow`, 16 requests in flight, through `LengowAuth` or through tower-http's
-//! `SetRequestHeader` with the same token fixed (the floor: no refresh, no replay).
+//! The whole round trip over loopback: `cargo bench --bench end_to_end` (about half a minute).
 //!
-//! Each stack has its own client and connection pool; both talk to one server on the same
-//! two-worker tokio runtime. Criterion measures each on its own; then a ratio pass alternates
-//! the two stacks in short rounds, so that a change in background load hits both alike, and
-//! prints the throughput ratio. See BENCHMARKS.md.
+//! A hyper-util legacy `Client` sends `GET /v3.0/orders` to an in-process `FakeLengow`, 16
+//! requests in flight, each response read whole, through `LengowAuth` (`lengow_auth`) or
+//! through tower-http's `SetRequestHeader` with a token fetched once and fixed
+//! (`fixed_header`: no refresh, no replay). Each stack has its own client and connections;
+//! both talk to one server on one two-worker tokio runtime.
+//!
+//! Criterion times each stack; then an alternating pass sends `ROUNDS` rounds through both in
+//! turn, so that load from other processes falls on both alike, and prints the medians and the
+//! throughput ratio BENCHMARKS.md gives.
 
-#[path = "support/machine.rs"]
-mod machine;
-
-use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, PoisonError};
+use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::Criterion;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
-use http::{HeaderValue, Request, StatusCode, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use lengow_auth::LengowAuthLayer;
@@ -27,18 +27,11 @@ use tokio::runtime::Runtime;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_http::set_header::SetRequestHeaderLayer;
 
-use machine::{
-    LoadStart, background_load, handoff_side, load_start, ns_per_handoff, print_background_load,
-};
-
 /// Requests in flight at once.
 const IN_FLIGHT: u64 = 16;
-const WARM_UP: Duration = Duration::from_secs(1);
-const MEASUREMENT: Duration = Duration::from_secs(4);
-const SAMPLES: usize = 20;
-/// The ratio pass: this many rounds, each stack sending `ROUND_REQUESTS` per round.
-const ROUNDS: usize = 30;
-const ROUND_REQUESTS: u64 = 4_000;
+/// Rounds of the alternating pass, and requests per stack per round.
+const ROUNDS: usize = 20;
+const PER_ROUND: u64 = 4_000;
 
 fn orders_request(uri: &Uri) -> Request<Empty<Bytes>> {
     Request::get(uri.clone())
@@ -48,41 +41,40 @@ fn orders_request(uri: &Uri) -> Request<Empty<Bytes>> {
         .expect("a valid request")
 }
 
-/// Sends `total` requests from `IN_FLIGHT` tasks at once, each reading its response whole;
-/// returns the wall time.
-async fn run<S>(service: &S, uri: &Uri, total: u64) -> Duration
+/// Sends `n` requests from `IN_FLIGHT` tasks, each reading its responses whole; returns the
+/// wall time.
+fn run<S>(runtime: &Runtime, service: &S, uri: &Uri, n: u64) -> Duration
 where
-    S: Service<Request<Empty<Bytes>>, Response = http::Response<hyper::body::Incoming>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Empty<Bytes>>, Response = Response<Incoming>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send,
 {
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..IN_FLIGHT {
-        let share = total / IN_FLIGHT + u64::from(t < total % IN_FLIGHT);
-        let service = service.clone();
-        let uri = uri.clone();
-        tasks.spawn(async move {
-            for _ in 0..share {
-                let response = service
-                    .clone()
-                    .oneshot(orders_request(&uri))
-                    .await
-                    .map_err(Into::into)
-                    .expect("the request is answered");
-                assert_eq!(response.status(), StatusCode::OK);
-                let body = response.into_body().collect().await.expect("a body");
-                std::hint::black_box(body.to_bytes());
-            }
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        joined.expect("a sender task finished");
-    }
-    start.elapsed()
+    runtime.block_on(async {
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..IN_FLIGHT {
+            let share = n / IN_FLIGHT + u64::from(t < n % IN_FLIGHT);
+            let service = service.clone();
+            let uri = uri.clone();
+            tasks.spawn(async move {
+                for _ in 0..share {
+                    let response = service
+                        .clone()
+                        .oneshot(orders_request(&uri))
+                        .await
+                        .map_err(Into::into)
+                        .expect("the request is answered");
+                    assert_eq!(response.status(), StatusCode::OK);
+                    let body = response.into_body().collect().await.expect("a body");
+                    black_box(body.to_bytes());
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("a sender task finished");
+        }
+        start.elapsed()
+    })
 }
 
 /// Asks the fake for a token the way the layer does, for the fixed-header stack.
@@ -99,86 +91,31 @@ async fn fetch_token(fake: &FakeLengow) -> HeaderValue {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let response = client.request(request).await.expect("the fake answers");
     assert_eq!(response.status(), StatusCode::OK);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("a body")
-        .to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let body = response.into_body().collect().await.expect("a body");
+    let answer: serde_json::Value = serde_json::from_slice(&body.to_bytes()).expect("json");
     let token = answer["token"].as_str().expect("a token");
     let mut value = HeaderValue::from_str(token).expect("a valid header value");
     value.set_sensitive(true);
     value
 }
 
-/// Nanoseconds for one hand-off of a cache line between two threads (an atomic passed back
-/// and forth): on a VM it changes with where the host puts the vCPUs, and every atomic the
-/// two tokio workers contend on costs about this much.
-// Not hot_path's: that one runs the two sides on its contention runs' long-lived workers.
-fn handoff_ns() -> f64 {
-    let ball = AtomicU64::new(0);
-    let times: Vec<Duration> = std::thread::scope(|scope| {
-        let sides: Vec<_> = (0..2_u64)
-            .map(|side| {
-                let ball = &ball;
-                scope.spawn(move || handoff_side(ball, side))
-            })
-            .collect();
-        sides
-            .into_iter()
-            .map(|side| side.join().expect("a side finished"))
-            .collect()
-    });
-    let slowest = times.into_iter().max().unwrap_or_default();
-    ns_per_handoff(slowest)
-}
-
-/// Prints how busy other processes kept the machine since `start`.
-fn report_load(what: &str, start: LoadStart) {
-    if let Some((_, load)) = background_load(start) {
-        print_background_load(what, load);
-    }
-}
-
-/// Median ns per request of each sample criterion took, by bench name (last `SAMPLES`).
-static RUNS: Mutex<Vec<(&'static str, u64, Duration)>> = Mutex::new(Vec::new());
-
-fn record(name: &'static str, iters: u64, elapsed: Duration) -> Duration {
-    RUNS.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push((name, iters, elapsed));
-    elapsed
-}
-
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
+fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    Some(values[values.len() / 2])
+    values[values.len() / 2]
 }
 
-fn criterion_median(name: &str) -> Option<f64> {
-    let runs = RUNS.lock().unwrap_or_else(PoisonError::into_inner);
-    let per_iter: Vec<f64> = runs
-        .iter()
-        .filter(|(n, _, _)| *n == name)
-        .map(|(_, iters, elapsed)| elapsed.as_nanos() as f64 / *iters as f64)
-        .collect();
-    if per_iter.len() < SAMPLES {
-        return None;
-    }
-    median(per_iter[per_iter.len() - SAMPLES..].to_vec())
+/// Whether this is a measuring run (`cargo bench`), not `cargo test --benches` or a profile.
+fn measuring() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|a| a == "--bench")
+        && !args
+            .iter()
+            .any(|a| a == "--test" || a.starts_with("--profile-time"))
 }
 
 fn main() {
-    let mut c = Criterion::default()
-        .warm_up_time(WARM_UP)
-        .measurement_time(MEASUREMENT)
-        .sample_size(SAMPLES)
-        .configure_from_args();
-    let runtime: Runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut c = Criterion::default().configure_from_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
@@ -196,96 +133,61 @@ fn main() {
         .parse()
         .expect("a valid uri");
 
-    let with_layer = layer.layer(Client::builder(TokioExecutor::new()).build_http());
+    let lengow_auth = layer.layer(Client::builder(TokioExecutor::new()).build_http());
     let token = runtime.block_on(fetch_token(&fake));
-    let with_static_header = SetRequestHeaderLayer::overriding(AUTHORIZATION, token)
+    let fixed_header = SetRequestHeaderLayer::overriding(AUTHORIZATION, token)
         .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
 
-    // Open both pools' connections, and fill the fake's bounded logs, before measuring.
-    runtime.block_on(run(&with_static_header, &uri, 10 * IN_FLIGHT * 100));
-    runtime.block_on(run(&with_layer, &uri, 10 * IN_FLIGHT * 100));
+    // Open both pools' connections before measuring.
+    run(&runtime, &fixed_header, &uri, 100 * IN_FLIGHT);
+    run(&runtime, &lengow_auth, &uri, 100 * IN_FLIGHT);
 
-    let criterion_start = load_start();
-    let mut g = c.benchmark_group("end_to_end");
-    g.throughput(criterion::Throughput::Elements(1));
-    g.bench_function("static_header", |b| {
-        b.iter_custom(|iters| {
-            let elapsed = runtime.block_on(run(&with_static_header, &uri, iters));
-            record("static_header", iters, elapsed)
-        })
+    let mut g = c.benchmark_group("round_trip");
+    g.bench_function("fixed_header", |b| {
+        b.iter_custom(|n| run(&runtime, &fixed_header, &uri, n))
     });
     g.bench_function("lengow_auth", |b| {
-        b.iter_custom(|iters| {
-            let elapsed = runtime.block_on(run(&with_layer, &uri, iters));
-            record("lengow_auth", iters, elapsed)
-        })
+        b.iter_custom(|n| run(&runtime, &lengow_auth, &uri, n))
     });
     g.finish();
-    c.final_summary();
 
-    println!("\n=== summary: loopback GET /v3.0/orders, {IN_FLIGHT} in flight ===");
-    if let (Some(fixed), Some(ours)) = (
-        criterion_median("static_header"),
-        criterion_median("lengow_auth"),
-    ) {
-        println!(
-            "criterion medians: static_header {fixed:.0} ns/request ({:.0} req/s), \
-             lengow_auth {ours:.0} ns/request ({:.0} req/s): throughput ratio {:.3}",
-            1e9 / fixed,
-            1e9 / ours,
-            fixed / ours
-        );
-    }
-    // `cargo test --benches` (or `--test`) runs every bench once: no ratio pass then.
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--test") {
-        return;
-    }
-    report_load("the criterion runs", criterion_start);
-
-    // Alternate the stacks, each round in the other order, and compare medians.
-    let handoff_before = handoff_ns();
-    let ratio_start = load_start();
-    let mut fixed = Vec::new();
-    let mut ours = Vec::new();
-    for round in 0..ROUNDS {
-        let mut once = |layer_first: bool| {
-            if layer_first {
-                ours.push(runtime.block_on(run(&with_layer, &uri, ROUND_REQUESTS)));
-            } else {
-                fixed.push(runtime.block_on(run(&with_static_header, &uri, ROUND_REQUESTS)));
+    if measuring() {
+        let (mut fixed, mut ours) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let mut fixed_round = || {
+                let elapsed = run(&runtime, &fixed_header, &uri, PER_ROUND);
+                fixed.push(elapsed.as_nanos() as f64 / PER_ROUND as f64);
+            };
+            if round % 2 == 0 {
+                fixed_round();
             }
-        };
-        once(round % 2 == 0);
-        once(round % 2 != 0);
-    }
-    let per_request = |d: &Vec<Duration>| {
-        d.iter()
-            .map(|d| d.as_nanos() as f64 / ROUND_REQUESTS as f64)
-            .collect()
-    };
-    if let (Some(fixed), Some(ours)) = (median(per_request(&fixed)), median(per_request(&ours))) {
+            let elapsed = run(&runtime, &lengow_auth, &uri, PER_ROUND);
+            ours.push(elapsed.as_nanos() as f64 / PER_ROUND as f64);
+            if round % 2 == 1 {
+                fixed_round();
+            }
+        }
+        let (fixed, ours) = (median(fixed), median(ours));
         println!(
-            "ratio pass ({ROUNDS} alternating rounds of {ROUND_REQUESTS}): static_header {fixed:.0} ns/request, \
-             lengow_auth {ours:.0} ns/request: throughput ratio {:.3} (target >= 0.97)",
+            "round_trip: GET over loopback, {IN_FLIGHT} in flight, wall ns per request \
+             (median of {ROUNDS} alternating rounds of {PER_ROUND})"
+        );
+        println!(
+            "  fixed_header {fixed:>8.0}   ({:.0} requests/s)",
+            1e9 / fixed
+        );
+        println!(
+            "  lengow_auth  {ours:>8.0}   ({:.0} requests/s)",
+            1e9 / ours
+        );
+        println!(
+            "  throughput lengow_auth / fixed_header = {:.3}",
             fixed / ours
         );
     }
-    report_load("the ratio pass", ratio_start);
-    println!(
-        "a cache line passes between two threads in {handoff_before:.0} ns before the ratio pass, {:.0} ns after",
-        handoff_ns()
-    );
-    let stats = layer.stats();
-    println!(
-        "fake: {} API requests, {} without a token, {} rejected; layer: {} fetch(es), {} replay(s)",
-        fake.api_requests(),
-        fake.requests_without_token(),
-        fake.rejected_requests(),
-        stats.fetches,
-        stats.replays
-    );
+
+    c.final_summary();
     assert_eq!(fake.requests_without_token(), 0);
     assert_eq!(fake.rejected_requests(), 0);
-    assert_eq!(stats.fetches, 1, "one token for the whole run");
+    assert_eq!(layer.stats().fetches, 1, "one token for the whole run");
 }
