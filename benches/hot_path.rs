@@ -96,8 +96,13 @@ where
 }
 
 /// Times every stack with criterion under `group`, then runs the alternating pass and returns
-/// each stack's median ns per request, in the order given.
-fn compare(c: &mut Criterion, group: &str, stacks: &mut [Stack<'_>], per_round: u64) -> Vec<f64> {
+/// each stack's ns per request round by round, in the order given (nothing when not measuring).
+fn compare(
+    c: &mut Criterion,
+    group: &str,
+    stacks: &mut [Stack<'_>],
+    per_round: u64,
+) -> Vec<Vec<f64>> {
     let mut g = c.benchmark_group(group);
     for (name, run) in stacks.iter_mut() {
         g.bench_function(*name, |b| b.iter_custom(&mut *run));
@@ -114,10 +119,11 @@ fn compare(c: &mut Criterion, group: &str, stacks: &mut [Stack<'_>], per_round: 
             times[i].push(elapsed.as_nanos() as f64 / per_round as f64);
         }
     }
-    times.into_iter().map(median).collect()
+    times
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+fn median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
@@ -133,12 +139,13 @@ fn measuring() -> bool {
 
 /// Prints each stack's time and overhead over `bare` (the first), and the layer's overhead
 /// over each peer's (`lengow_auth` last).
-fn print_overheads(group: &str, names: &[&str], medians: &[f64]) {
+fn print_overheads(group: &str, names: &[&str], rounds: &[Vec<f64>]) {
+    let medians: Vec<f64> = rounds.iter().map(|r| median(r)).collect();
     let Some((&bare, rest)) = medians.split_first() else {
         return;
     };
     println!("{group}: ns per request (median of {ROUNDS} alternating rounds)");
-    for (name, t) in names.iter().zip(medians) {
+    for (name, t) in names.iter().zip(&medians) {
         println!("  {name:<14} {t:>7.1}   overhead {:>6.1}", t - bare);
     }
     let ours = rest[rest.len() - 1] - bare;
@@ -180,7 +187,7 @@ fn main() {
                 Box::new(|n| sequential(&mut ours, get_request, n)),
             ),
         ];
-        let medians = compare(&mut c, "get", &mut get, SEQUENTIAL_PER_ROUND);
+        let get_rounds = compare(&mut c, "get", &mut get, SEQUENTIAL_PER_ROUND);
         drop(get);
 
         let (mut bare, mut fixed) = (Drain, static_header(Drain));
@@ -200,10 +207,10 @@ fn main() {
                 Box::new(|n| sequential(&mut ours, post_request, n)),
             ),
         ];
-        let post_medians = compare(&mut c, "post", &mut post, SEQUENTIAL_PER_ROUND);
+        let post_rounds = compare(&mut c, "post", &mut post, SEQUENTIAL_PER_ROUND);
         drop(post);
-        print_overheads("get (3 headers, no body)", &names, &medians);
-        print_overheads("post (3 headers, 1 KiB read)", &names, &post_medians);
+        print_overheads("get (3 headers, no body)", &names, &get_rounds);
+        print_overheads("post (3 headers, 1 KiB read)", &names, &post_rounds);
     }
 
     let (fixed, hand, ours) = (
@@ -220,21 +227,23 @@ fn main() {
         ("lengow_auth/1", Box::new(|n| threaded(rt, &ours, 1, n))),
         ("lengow_auth/2", Box::new(|n| threaded(rt, &ours, 2, n))),
     ];
-    let medians = compare(&mut c, "two_threads", &mut two_threads, THREADED_PER_ROUND);
+    let rounds = compare(&mut c, "two_threads", &mut two_threads, THREADED_PER_ROUND);
     drop(two_threads);
-    if !medians.is_empty() {
+    if !rounds.is_empty() {
         println!(
-            "two_threads: wall ns per request, GET built in the loop (median of {ROUNDS} rounds)"
+            "two_threads: wall ns per request, GET built in the loop (medians of {ROUNDS} rounds; \
+             throughput = 1 task / 2 tasks, round by round)"
         );
         for (name, pair) in ["static_header", "hand_built", "lengow_auth"]
             .iter()
-            .zip(medians.chunks(2))
+            .zip(rounds.chunks(2))
         {
+            let ratios: Vec<f64> = pair[0].iter().zip(&pair[1]).map(|(a, b)| a / b).collect();
             println!(
                 "  {name:<14} 1 task {:>6.1}   2 tasks {:>6.1}   throughput x{:.2}",
-                pair[0],
-                pair[1],
-                pair[0] / pair[1]
+                median(&pair[0]),
+                median(&pair[1]),
+                median(&ratios)
             );
         }
     }
