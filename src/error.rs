@@ -60,6 +60,7 @@ pub(crate) enum Kind {
     NoTimers,
     /// A forced refresh the fleet refused: its floor holds and no newer token exists. It
     /// never reaches the caller: the rejection that asked for it is returned, marked.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     FloorHolds,
 }
 

@@ -78,7 +78,9 @@ impl Origin {
     pub(crate) fn admits(&self, uri: &mut Uri, headers: &HeaderMap) -> bool {
         if let Some(authority) = uri.authority() {
             // Spelled as `api_url` spells it (the usual case), or else compared part by part.
-            let same = authority.as_str().eq_ignore_ascii_case(self.authority.as_str());
+            let same = authority
+                .as_str()
+                .eq_ignore_ascii_case(self.authority.as_str());
             return (same && uri.scheme() == Some(&self.scheme))
                 || self.matches(uri.scheme(), uri.host(), uri.port_u16());
         }
