@@ -58,9 +58,9 @@ pub(crate) enum Kind {
     NoRuntime,
     /// The tokio runtime was built without its timer driver.
     NoTimers,
-    /// A forced refresh the fleet refused: its floor holds and no newer token exists. It
-    /// never reaches the caller: the rejection that asked for it is returned, marked.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// A forced refresh refused: the floor holds (in this process or in the fleet) and no
+    /// newer token exists. It never reaches the caller: the rejection that asked for it is
+    /// returned, marked.
     FloorHolds,
 }
 
@@ -130,6 +130,11 @@ impl Error {
             Some("the token client panicked".to_owned()),
             None,
         )
+    }
+
+    /// No newer token: the floor between forced refreshes holds.
+    pub(crate) fn floor() -> Self {
+        Self::new(Kind::FloorHolds)
     }
 
     /// A forced refresh refused because the floor between forced refreshes holds.

@@ -225,10 +225,6 @@ where
                         Counters::bump(&counters.replays_skipped);
                         return Poll::Ready(Ok(returned(response, Why::BodyNotKept)));
                     };
-                    let Some(token) = token else {
-                        Counters::bump(&counters.rejected_within_floor);
-                        return Poll::Ready(Ok(returned(response, Why::Floor)));
-                    };
                     tracing::debug!(
                         status = response.status().as_u16(),
                         generation = *this.generation,

@@ -468,14 +468,6 @@ async fn probe(fleet: Weak<Fleet>) {
     }
 }
 
-impl Failure {
-    /// The error the waiters of a refused forced refresh get: the rejection is returned as
-    /// is, and nothing is backed off.
-    pub(crate) fn floor_error() -> Error {
-        Error::new(Kind::FloorHolds)
-    }
-}
-
 fn store_failed() -> Error {
     Error::build(
         Kind::Unavailable {

@@ -165,13 +165,14 @@ impl Cache {
         wait(step)
     }
 
-    /// A token newer than `rejected` to replay with, after the API rejected that one; `None`
-    /// when none can be had because the floor between forced refreshes holds.
+    /// A token newer than `rejected` to replay with, after the API rejected that one; an error
+    /// when none can be had (`Error::is_floor` when the floor between forced refreshes holds,
+    /// in this process or, with a store, in the fleet).
     ///
     /// A newer usable token, or a fetch in flight, is used as is. A rejection of the current
     /// token forces one fetch, shared by every rejection of it, at least the floor after the
     /// last forced one. A cached failure is served at once.
-    pub(crate) fn after_rejection(self: &Arc<Self>, rejected: u64) -> Option<BoxFuture<Outcome>> {
+    pub(crate) fn after_rejection(self: &Arc<Self>, rejected: u64) -> BoxFuture<Outcome> {
         self.ensure_refresher();
         let mut state = self.lock();
         let step = match self.usable() {
@@ -196,7 +197,7 @@ impl Cache {
                         floor_ms = floor.as_millis() as u64,
                         "forced refresh skipped: too soon after the last one"
                     );
-                    return None;
+                    return wait(Step::Now(Err(Error::floor())));
                 }
                 state.forced_floor = floor;
                 state.last_forced = Some(now);
@@ -207,7 +208,7 @@ impl Cache {
                 self.join_or_fetch(&mut state, Reason::Forced)
             }
         };
-        Some(wait(step))
+        wait(step)
     }
 
     /// Records that the API accepted token `generation`, if it is still the current one.
@@ -277,7 +278,7 @@ impl Cache {
             Got::FloorHolds => {
                 // No newer token: the rejection is returned as is; nothing is backed off.
                 self.lock().inflight = None;
-                return Err(Failure::floor_error());
+                return Err(Error::floor());
             }
         };
         let result = result.and_then(|(answer, life, fleet)| {
