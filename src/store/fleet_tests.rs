@@ -320,35 +320,7 @@ async fn a_slow_writer_cannot_replace_a_newer_token() {
     let Lease::Granted(fast) = store.try_lease(&keys, "fast", ttl, None).await.unwrap() else {
         panic!("expired lease not granted")
     };
-    assert!(fast > slow);
-    assert!(
-        store
-            .publish(&keys, fast, b"new".to_vec(), HOUR)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .publish(&keys, slow, b"old".to_vec(), HOUR)
-            .await
-            .unwrap()
-    );
-    // Nor record its failure over it, nor end the new holder's lease.
-    let failure = FailureRecord {
-        value: b"x".to_vec(),
-        streak: 1,
-        hold: HOUR,
-        keep: HOUR,
-    };
-    store.fail(&keys, slow, failure).await.unwrap();
-    store.release(&keys, "slow").await.unwrap();
-    let snapshot = store.read(&keys).await.unwrap();
-    let token = snapshot.token.unwrap();
-    assert_eq!(
-        (token.generation, token.value.as_slice()),
-        (fast, &b"new"[..])
-    );
-    assert!(snapshot.failure.is_none() && snapshot.leased);
+    crate::store::assert_fences_a_slow_writer(&store, &keys, slow, fast).await;
 }
 
 #[tokio::test(start_paused = true)]

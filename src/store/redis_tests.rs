@@ -55,37 +55,10 @@ async fn the_scripts_lease_fence_and_expire() {
     let Lease::Granted(fast) = store.try_lease(&keys, "fast", HOUR, None).await.unwrap() else {
         panic!("an expired lease was not granted")
     };
-    assert!(fast > slow);
-    assert!(
-        store
-            .publish(&keys, fast, b"new".to_vec(), HOUR)
-            .await
-            .unwrap()
-    );
     // The slow writer, its lease gone, can neither replace the token, nor record a failure
     // over it, nor end the new holder's lease.
-    assert!(
-        !store
-            .publish(&keys, slow, b"old".to_vec(), HOUR)
-            .await
-            .unwrap()
-    );
-    let failure = FailureRecord {
-        value: b"x".to_vec(),
-        streak: 1,
-        hold: HOUR,
-        keep: HOUR,
-    };
-    store.fail(&keys, slow, failure.clone()).await.unwrap();
-    store.release(&keys, "slow").await.unwrap();
-    let snapshot = store.read(&keys).await.unwrap();
-    let token = snapshot.token.unwrap();
-    assert_eq!(
-        (token.generation, token.value.as_slice()),
-        (fast, &b"new"[..])
-    );
+    let token = crate::store::assert_fences_a_slow_writer(&store, &keys, slow, fast).await;
     assert!(token.remaining > HOUR - Duration::from_secs(5) && token.remaining <= HOUR);
-    assert!(snapshot.failure.is_none() && snapshot.leased);
     store.release(&keys, "fast").await.unwrap();
 
     // A newer generation's failure is recorded, held, and cleared by the next token.
@@ -93,8 +66,10 @@ async fn the_scripts_lease_fence_and_expire() {
         panic!()
     };
     let failure = FailureRecord {
+        value: b"x".to_vec(),
+        streak: 1,
         hold: Duration::from_secs(5),
-        ..failure
+        keep: HOUR,
     };
     store.fail(&keys, next, failure).await.unwrap();
     let held = store.read(&keys).await.unwrap().failure.unwrap();
