@@ -3,8 +3,8 @@
 //!
 //! The first send and its replay share one state behind an `Arc<Mutex<…>>`: the chunks read
 //! so far (shared handles, never copies), the trailers, and the rest of the caller's body.
-//! Whichever copy is being polled holds the state; when the first send is dropped, the
-//! state goes back to the shared slot, and the replay takes it: it sends what was kept,
+//! The first send holds the state from the start; when it is dropped, the state goes to the
+//! shared slot, and the replay takes it on its first poll: it sends what was kept,
 //! then goes on reading the caller's body where the first send stopped. That is how a body
 //! the server answered before reading (an early 401), or one whose exact size let the client
 //! stop before it reported its end, is still replayed whole.
@@ -18,6 +18,7 @@ use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use smallvec::SmallVec;
 
 use crate::error::BoxError;
 
@@ -65,7 +66,8 @@ pin_project! {
 /// One of the two sends of a kept body.
 struct Attempt<B> {
     shared: Arc<Mutex<Shared<B>>>,
-    /// The state, while this copy holds it (from its first poll to its drop).
+    /// The state, while this copy holds it: the first send from the start, the replay from
+    /// its first poll; either until its drop.
     state: Option<State<B>>,
     /// This copy is the replay: it yields the kept chunks before reading on.
     replay: bool,
@@ -87,7 +89,8 @@ pub(crate) struct Shared<B> {
 }
 
 struct State<B> {
-    kept: Vec<Bytes>,
+    /// The chunks kept so far; a one-chunk body (most are) needs no allocation of its own.
+    kept: SmallVec<[Bytes; 1]>,
     kept_len: usize,
     trailers: Option<HeaderMap>,
     /// What is left of the caller's body; `None` once it has ended.
@@ -118,18 +121,20 @@ impl<B: Body> ReplayBody<B> {
             return (Self::passthrough(body), None);
         }
         let shared = Arc::new(Mutex::new(Shared {
-            state: Some(State {
-                kept: Vec::new(),
-                kept_len: 0,
-                trailers: None,
-                rest: Some(Box::pin(body)),
-                limit,
-            }),
+            state: None,
             waiting: None,
             capped: false,
             size_hint,
         }));
-        let first = Attempt::new(Arc::clone(&shared), false);
+        // The first send holds the state from the start: it hands it over when dropped.
+        let state = State {
+            kept: SmallVec::new(),
+            kept_len: 0,
+            trailers: None,
+            rest: Some(Box::pin(body)),
+            limit,
+        };
+        let first = Attempt::new(Arc::clone(&shared), Some(state));
         (
             Self {
                 kind: Kind::Kept { copy: first },
@@ -156,7 +161,7 @@ impl<B> Replay<B> {
                     return None;
                 }
                 Kind::Kept {
-                    copy: Attempt::new(Arc::clone(shared), true),
+                    copy: Attempt::new(Arc::clone(shared), None),
                 }
             }
         };
@@ -165,11 +170,12 @@ impl<B> Replay<B> {
 }
 
 impl<B> Attempt<B> {
-    fn new(shared: Arc<Mutex<Shared<B>>>, replay: bool) -> Self {
+    /// The first send, holding the state, or the replay, which takes it on its first poll.
+    fn new(shared: Arc<Mutex<Shared<B>>>, state: Option<State<B>>) -> Self {
         Self {
             shared,
-            state: None,
-            replay,
+            replay: state.is_none(),
+            state,
             sent_chunks: 0,
             sent_trailers: false,
         }
@@ -276,7 +282,7 @@ impl<B> Attempt<B> {
 impl<B: Body> Attempt<B> {
     fn size_hint(&self) -> SizeHint {
         let Some(state) = &self.state else {
-            // Not started: the whole body is still to come, for either copy.
+            // A replay not started: the whole body is still to come.
             return lock(&self.shared).size_hint;
         };
         let unsent = state.kept.get(self.sent_chunks..).unwrap_or_default();
@@ -319,7 +325,7 @@ impl<B> State<B> {
 
     /// Marks the body as not replayable and lets go of what was kept.
     fn cap(&mut self, shared: &Mutex<Shared<B>>) {
-        self.kept = Vec::new();
+        self.kept = SmallVec::new();
         self.kept_len = usize::MAX;
         lock(shared).capped = true;
     }
