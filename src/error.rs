@@ -93,16 +93,18 @@ impl Error {
         Self::build(Kind::MalformedResponse, Some(message.into()), None)
     }
 
+    /// The auth service was not reached, or its answer was not read to its end.
+    pub(crate) fn unavailable(message: impl Into<String>, source: Option<BoxError>) -> Self {
+        let kind = Kind::Unavailable {
+            status: None,
+            retry_after: None,
+        };
+        Self::build(kind, Some(message.into()), source)
+    }
+
     /// The fetch task went away with its runtime before it answered.
     pub(crate) fn cancelled() -> Self {
-        Self::build(
-            Kind::Unavailable {
-                status: None,
-                retry_after: None,
-            },
-            Some("the token fetch was cancelled: its runtime shut down".to_owned()),
-            None,
-        )
+        Self::unavailable("the token fetch was cancelled: its runtime shut down", None)
     }
 
     /// The token fetch's task did not finish: it panicked (in the token client, or in tokio
@@ -122,14 +124,7 @@ impl Error {
             return Self::new(Kind::NoTimers);
         }
         // The panic's own text is not kept: it may quote whatever the token client held.
-        Self::build(
-            Kind::Unavailable {
-                status: None,
-                retry_after: None,
-            },
-            Some("the token client panicked".to_owned()),
-            None,
-        )
+        Self::unavailable("the token client panicked", None)
     }
 
     /// No newer token: the floor between forced refreshes holds.

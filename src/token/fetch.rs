@@ -9,13 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tower::ServiceExt;
 use tower_service::Service;
 
 use super::response::{self, MAX_ANSWER_BYTES, TokenAnswer};
 use super::{Clock, Credentials};
-use crate::error::{BoxError, Error, Kind};
+use crate::error::{BoxError, Error, Kind, scrub};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -111,45 +111,23 @@ impl Fetcher {
     /// One `get_token` call, bounded by the fetch timeout.
     pub(crate) async fn fetch(&self, clock: &Clock) -> Result<TokenAnswer, Error> {
         let secrets: Vec<&str> = self.secret_spellings.iter().map(String::as_str).collect();
-        let answer = match tokio::time::timeout(self.timeout, (self.call)(self.request())).await {
-            Err(_) => {
-                return Err(Error::new(Kind::Timeout {
-                    after: self.timeout,
-                }));
-            }
-            Ok(Err(e)) => {
-                let text = crate::error::scrub(&e.to_string(), &secrets);
-                return Err(Error::build(
-                    Kind::Unavailable {
-                        status: None,
-                        retry_after: None,
-                    },
-                    Some(text),
-                    Some(e),
-                ));
-            }
-            Ok(Ok(answer)) => answer,
+        let failed = |what: &str, e: BoxError| {
+            let text = scrub(&e.to_string(), &secrets);
+            Error::unavailable(format!("{what}{text}"), Some(e))
         };
-        let body = match answer.body {
-            Ok(body) => body,
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(Error::malformed(format!(
-                    "the answer is longer than {} KiB",
-                    MAX_ANSWER_BYTES / 1024
-                )));
+        let timeout = self.timeout;
+        let answer = tokio::time::timeout(timeout, (self.call)(self.request()))
+            .await
+            .map_err(|_| Error::new(Kind::Timeout { after: timeout }))?
+            .map_err(|e| failed("", e))?;
+        let body = answer.body.map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                let kib = MAX_ANSWER_BYTES / 1024;
+                Error::malformed(format!("the answer is longer than {kib} KiB"))
+            } else {
+                failed("the answer was cut short: ", e)
             }
-            Err(e) => {
-                let text = crate::error::scrub(&e.to_string(), &secrets);
-                return Err(Error::build(
-                    Kind::Unavailable {
-                        status: None,
-                        retry_after: None,
-                    },
-                    Some(format!("the answer was cut short: {text}")),
-                    Some(e),
-                ));
-            }
-        };
+        })?;
         response::parse(answer.status, &answer.headers, &body, &secrets, clock.now())
     }
 }
