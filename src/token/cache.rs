@@ -249,6 +249,7 @@ impl Cache {
         Step::Wait(rx)
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     async fn fetch(self: &Arc<Self>, reason: Reason, attempt: u32) -> Outcome {
         match reason {
             Reason::Background => Counters::bump(&self.counters.background_refreshes),
@@ -267,82 +268,60 @@ impl Cache {
             at: Instant::now(),
             wall: self.config.clock.now(),
         };
-        let (result, wait) = match self.get_token(reason).instrument(span.clone()).await {
-            Got::Token {
-                answer,
-                life,
-                fleet,
-            } => (Ok((answer, life, fleet)), None),
-            Got::Failed { error, wait } => (Err(error), wait),
-            #[cfg(feature = "redis")]
-            Got::FloorHolds => {
-                // No newer token: the rejection is returned as is; nothing is backed off.
-                self.lock().inflight = None;
-                return Err(Error::floor());
-            }
-        };
-        let result = result.and_then(|(answer, life, fleet)| {
-            let header = super::header_value(&answer.token, self.config.bearer)
-                .ok_or_else(|| Error::malformed("`token` is not a valid header value"))?;
-            Ok((
-                Obtained {
-                    answer,
-                    header,
-                    life,
-                },
-                fleet,
-            ))
-        });
+        let got = self.get_token(reason).instrument(span.clone()).await;
         span.record("latency_ms", asked.at.elapsed().as_millis() as u64);
         let _entered = span.enter();
         let mut state = self.lock();
         state.inflight = None;
-        match result {
-            Ok((obtained, _fleet)) => {
-                state.generation += 1;
-                state.failures_in_row = 0;
-                state.failure = None;
-                #[cfg(feature = "redis")]
-                {
-                    state.fleet_generation = _fleet;
+        let (error, wait) = match got {
+            Got::Token {
+                answer,
+                life,
+                fleet,
+            } => match super::header_value(&answer.token, self.config.bearer) {
+                Some(header) => {
+                    state.generation += 1;
+                    state.failures_in_row = 0;
+                    state.failure = None;
+                    #[cfg(feature = "redis")]
+                    {
+                        state.fleet_generation = fleet;
+                    }
+                    let forced = reason == Reason::Forced;
+                    let (generation, ahead) = (state.generation, self.config.refresh_ahead);
+                    let token = Token::new(header, &answer, generation, asked, life, ahead, forced);
+                    let token = Arc::new(token);
+                    self.current.store(Some(Arc::clone(&token)));
+                    drop(state);
+                    // Wakes a refresher already waiting, and leaves no permit behind: a stored
+                    // permit would make the refresher schedule the same token twice.
+                    self.changed.notify_waiters();
+                    span.record("outcome", "ok");
+                    span.record("account_id", token.account_id);
+                    tracing::info!(generation, user_id = token.user_id, "token fetched");
+                    return Ok(token);
                 }
-                let token = Arc::new(Token::new(
-                    obtained.header,
-                    &obtained.answer,
-                    state.generation,
-                    asked,
-                    obtained.life,
-                    self.config.refresh_ahead,
-                    reason == Reason::Forced,
-                ));
-                self.current.store(Some(Arc::clone(&token)));
-                drop(state);
-                // Wakes a refresher already waiting, and leaves no permit behind: a stored
-                // permit would make the refresher schedule the same token twice.
-                self.changed.notify_waiters();
-                span.record("outcome", "ok");
-                span.record("account_id", token.account_id);
-                tracing::info!(
-                    generation = token.generation,
-                    user_id = token.user_id,
-                    "token fetched"
-                );
-                Ok(token)
-            }
-            Err(error) => {
-                Counters::bump(&self.counters.fetch_failures);
-                state.failures_in_row = state.failures_in_row.saturating_add(1);
-                let wait = wait.unwrap_or_else(|| self.failure_wait(&error, state.failures_in_row));
-                state.failure = Some((error.clone(), Instant::now() + wait));
-                span.record("outcome", "failed");
-                tracing::warn!(
-                    error = %error,
-                    backoff_ms = wait.as_millis() as u64,
-                    "token fetch failed: backing off"
-                );
-                Err(error)
-            }
-        }
+                None => (
+                    Error::malformed("`token` is not a valid header value"),
+                    None,
+                ),
+            },
+            Got::Failed { error, wait } => (error, wait),
+            // No newer token: the rejection is returned as is; nothing is backed off.
+            #[cfg(feature = "redis")]
+            Got::FloorHolds => return Err(Error::floor()),
+        };
+        Counters::bump(&self.counters.fetch_failures);
+        state.failures_in_row = state.failures_in_row.saturating_add(1);
+        let wait = wait.unwrap_or_else(|| self.failure_wait(&error, state.failures_in_row));
+        state.failure = Some((error.clone(), Instant::now() + wait));
+        span.record("outcome", "failed");
+        tracing::warn!(
+            error = %error,
+            backoff_ms = wait.as_millis() as u64,
+            "token fetch failed: backing off"
+        );
+        Err(error)
     }
 
     /// One `get_token` call, or, with a store, what the fleet agrees on.
@@ -541,13 +520,6 @@ enum Got {
     /// A forced refresh the fleet refused: its floor holds and no newer token exists.
     #[cfg(feature = "redis")]
     FloorHolds,
-}
-
-/// A token as the fetch obtained it, with the life it has left.
-struct Obtained {
-    answer: TokenAnswer,
-    header: HeaderValue,
-    life: Duration,
 }
 
 /// Held by the refresher task: clears `refresher_running` when the task is dropped.
