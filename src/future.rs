@@ -38,6 +38,8 @@ pin_project! {
         generation: u64,
         // That token was forced by a rejection and is not yet known to be accepted.
         unproven: bool,
+        // The request was sent a second time.
+        replayed: bool,
     }
 }
 
@@ -49,8 +51,8 @@ pin_project! {
             token: BoxFuture<Outcome>,
             request: Option<Request<B>>,
         },
-        // The first send.
-        First {
+        // Sent, the first time or the second.
+        Called {
             #[pin]
             future: F,
         },
@@ -63,11 +65,6 @@ pin_project! {
         // Waiting for the inner service to be ready for the replay.
         Ready {
             request: Option<Request<ReplayBody<B>>>,
-        },
-        // The replay.
-        Second {
-            #[pin]
-            future: F,
         },
     }
 }
@@ -115,7 +112,7 @@ where
             tracing::debug!(uri = %parts.uri, "request to another origin: sent without a token");
             let request = Request::from_parts(parts, ReplayBody::passthrough(body));
             let future = service.call(request);
-            return Self::with(State::First { future }, service, shared);
+            return Self::with(State::Called { future }, service, shared);
         }
         let request = Request::from_parts(parts, body);
         let Some(sending) = shared.cache.sending() else {
@@ -129,13 +126,14 @@ where
         };
         let (future, head, replay) = send(&mut service, &shared, request, sending.header);
         Self {
-            state: State::First { future },
+            state: State::Called { future },
             service,
             shared,
             head,
             replay,
             generation: sending.generation,
             unproven: sending.unproven,
+            replayed: false,
         }
     }
 
@@ -148,6 +146,7 @@ where
             replay: None,
             generation: 0,
             unproven: false,
+            replayed: false,
         }
     }
 }
@@ -194,9 +193,9 @@ where
                     (*this.head, *this.replay) = (head, replay);
                     *this.generation = token.generation;
                     *this.unproven = token.unproven_forced();
-                    this.state.set(State::First { future });
+                    this.state.set(State::Called { future });
                 }
-                StateProj::First { future } => {
+                StateProj::Called { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let shared: &Shared = this.shared;
                     // A request to another origin, or replays off: the response as it is.
@@ -211,6 +210,12 @@ where
                         return Poll::Ready(Ok(response));
                     }
                     let counters = &shared.cache.counters;
+                    if *this.replayed {
+                        Counters::bump(&counters.rejected_after_replay);
+                        Counters::bump(&counters.routes_learnt);
+                        shared.routes.learn(&head.method, &head.uri);
+                        return Poll::Ready(Ok(returned(response, Why::ReplayRejected)));
+                    }
                     if shared.routes.rejects(&head.method, &head.uri) {
                         Counters::bump(&counters.rejected_on_known_routes);
                         return Poll::Ready(Ok(returned(response, Why::KnownRoute)));
@@ -271,26 +276,8 @@ where
                     Counters::bump(&this.shared.cache.counters.replays);
                     tracing::debug!(generation = *this.generation, "replaying the request");
                     let future = this.service.call(take(request));
-                    this.state.set(State::Second { future });
-                }
-                StateProj::Second { future } => {
-                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    let shared: &Shared = this.shared;
-                    let rejected = shared.refresh_on.contains(&response.status());
-                    if !rejected && *this.unproven {
-                        shared.cache.accepted(*this.generation);
-                    }
-                    let Some(head) = this.head.as_ref() else {
-                        return Poll::Ready(Ok(response));
-                    };
-                    if !rejected {
-                        shared.routes.accepted(&head.method, &head.uri);
-                        return Poll::Ready(Ok(response));
-                    }
-                    Counters::bump(&shared.cache.counters.rejected_after_replay);
-                    Counters::bump(&shared.cache.counters.routes_learnt);
-                    shared.routes.learn(&head.method, &head.uri);
-                    return Poll::Ready(Ok(returned(response, Why::ReplayRejected)));
+                    *this.replayed = true;
+                    this.state.set(State::Called { future });
                 }
             }
         }
