@@ -44,12 +44,14 @@ pin_project! {
 }
 
 pin_project! {
+    // Only `Called` is on the hot path; what the other states hold is boxed, so that the
+    // future every request moves around stays small.
     #[project = StateProj]
     enum State<F, B, T> {
         // No usable token when called: waiting for one.
         Token {
             token: BoxFuture<Outcome>,
-            request: Option<Request<B>>,
+            request: Option<Box<Request<B>>>,
         },
         // Sent, the first time or the second.
         Called {
@@ -59,12 +61,12 @@ pin_project! {
         // Rejected: waiting for a newer token to replay with.
         Refresh {
             token: BoxFuture<Outcome>,
-            request: Option<Request<ReplayBody<B>>>,
-            rejection: Option<T>,
+            request: Option<Box<Request<ReplayBody<B>>>>,
+            rejection: Option<Box<T>>,
         },
         // Waiting for the inner service to be ready for the replay.
         Ready {
-            request: Option<Request<ReplayBody<B>>>,
+            request: Option<Box<Request<ReplayBody<B>>>>,
         },
     }
 }
@@ -120,7 +122,7 @@ where
             Counters::bump(&shared.cache.counters.token_waits);
             let state = State::Token {
                 token: shared.cache.token(),
-                request: Some(request),
+                request: Some(Box::new(request)),
             };
             return Self::with(state, service, shared);
         };
@@ -187,7 +189,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Token { token, request } => {
                     let token = ready!(token.as_mut().poll(cx))?;
-                    let request = take(request);
+                    let request = *take(request);
                     let header = token.header.clone();
                     let (future, head, replay) = send(this.service, this.shared, request, header);
                     (*this.head, *this.replay) = (head, replay);
@@ -238,8 +240,8 @@ where
                     let request = head.clone().into_request(body);
                     this.state.set(State::Refresh {
                         token,
-                        request: Some(request),
-                        rejection: Some(response),
+                        request: Some(Box::new(request)),
+                        rejection: Some(Box::new(response)),
                     });
                 }
                 StateProj::Refresh {
@@ -258,7 +260,7 @@ where
                                 Counters::bump(&counters.rejected_without_token);
                                 Why::NoToken
                             };
-                            return Poll::Ready(Ok(returned(take(rejection), why)));
+                            return Poll::Ready(Ok(returned(*take(rejection), why)));
                         }
                     };
                     let mut request = take(request);
@@ -275,7 +277,7 @@ where
                     ready!(this.service.poll_ready(cx)).map_err(Into::into)?;
                     Counters::bump(&this.shared.cache.counters.replays);
                     tracing::debug!(generation = *this.generation, "replaying the request");
-                    let future = this.service.call(take(request));
+                    let future = this.service.call(*take(request));
                     *this.replayed = true;
                     this.state.set(State::Called { future });
                 }
