@@ -108,15 +108,13 @@ where
     S: Service<Request<ReplayBody<B>>>,
     B: Body,
 {
-    pub(crate) fn new(mut service: S, shared: Arc<Shared>, request: Request<B>) -> Self {
-        let (mut parts, body) = request.into_parts();
-        if !shared.origin.admits(&mut parts.uri, &parts.headers) {
-            tracing::debug!(uri = %parts.uri, "request to another origin: sent without a token");
-            let request = Request::from_parts(parts, ReplayBody::passthrough(body));
-            let future = service.call(request);
+    pub(crate) fn new(mut service: S, shared: Arc<Shared>, mut request: Request<B>) -> Self {
+        if !shared.origin.admits(&mut request) {
+            let uri = request.uri();
+            tracing::debug!(%uri, "request to another origin: sent without a token");
+            let future = service.call(request.map(ReplayBody::passthrough));
             return Self::with(State::Called { future }, service, shared);
         }
-        let request = Request::from_parts(parts, body);
         let Some(sending) = shared.cache.sending() else {
             tracing::trace!("no usable token: waiting for one");
             Counters::bump(&shared.cache.counters.token_waits);

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, StatusCode, Uri, header};
+use http::{Request, StatusCode, Uri, header};
 
 use crate::error::Error;
 use crate::rejection::Routes;
@@ -72,10 +72,11 @@ impl Origin {
         })
     }
 
-    /// Whether a request to `uri` with these headers goes to this origin. A path-only URI
-    /// is resolved against the origin (scheme and authority filled in), unless its `Host`
-    /// header names another host: then it is not this origin's, and is left as it is.
-    pub(crate) fn admits(&self, uri: &mut Uri, headers: &HeaderMap) -> bool {
+    /// Whether `request` goes to this origin. A path-only URI is resolved against the origin
+    /// (scheme and authority filled in), unless its `Host` header names another host: then it
+    /// is not this origin's, and is left as it is.
+    pub(crate) fn admits<B>(&self, request: &mut Request<B>) -> bool {
+        let uri = request.uri();
         if let Some(authority) = uri.authority() {
             // Spelled as `api_url` spells it (the usual case), or else compared part by part.
             let same = authority
@@ -84,7 +85,7 @@ impl Origin {
             return (same && uri.scheme() == Some(&self.scheme))
                 || self.matches(uri.scheme(), uri.host(), uri.port_u16());
         }
-        if let Some(host) = headers.get(header::HOST) {
+        if let Some(host) = request.headers().get(header::HOST) {
             let named = Authority::try_from(host.as_bytes()).ok();
             let ours = named
                 .is_some_and(|a| self.matches(Some(&self.scheme), Some(a.host()), a.port_u16()));
@@ -92,7 +93,7 @@ impl Origin {
                 return false;
             }
         }
-        let mut parts = std::mem::take(uri).into_parts();
+        let mut parts = uri.clone().into_parts();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         if parts.path_and_query.is_none() {
@@ -100,7 +101,7 @@ impl Origin {
         }
         match Uri::from_parts(parts) {
             Ok(resolved) => {
-                *uri = resolved;
+                *request.uri_mut() = resolved;
                 true
             }
             // Cannot happen with a valid origin and path; such a request is not ours.
@@ -132,12 +133,12 @@ mod tests {
     use super::*;
 
     fn admits(origin: &Origin, uri: &str, host: Option<&str>) -> Option<Uri> {
-        let mut uri: Uri = uri.parse().unwrap();
-        let mut headers = HeaderMap::new();
+        let mut request = Request::get(uri).body(()).unwrap();
         if let Some(host) = host {
-            headers.insert(header::HOST, host.parse().unwrap());
+            let host = host.parse().unwrap();
+            request.headers_mut().insert(header::HOST, host);
         }
-        origin.admits(&mut uri, &headers).then_some(uri)
+        origin.admits(&mut request).then(|| request.uri().clone())
     }
 
     #[test]
