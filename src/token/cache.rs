@@ -278,8 +278,8 @@ impl Cache {
                 answer,
                 life,
                 fleet,
-            } => match super::header_value(&answer.token, self.config.bearer) {
-                Some(header) => {
+            } => {
+                if let Some(header) = super::header_value(&answer.token, self.config.bearer) {
                     state.generation += 1;
                     state.failures_in_row = 0;
                     state.failure = None;
@@ -301,11 +301,11 @@ impl Cache {
                     tracing::info!(generation, user_id = token.user_id, "token fetched");
                     return Ok(token);
                 }
-                None => (
+                (
                     Error::malformed("`token` is not a valid header value"),
                     None,
-                ),
-            },
+                )
+            }
             Got::Failed { error, wait } => (error, wait),
             // No newer token: the rejection is returned as is; nothing is backed off.
             #[cfg(feature = "redis")]
