@@ -66,7 +66,7 @@ use crate::error::BoxError;
 /// error comes back the same way, as the error's source).
 ///
 /// [`LengowAuthLayer`]: crate::LengowAuthLayer
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ReqwestService {
     client: ::reqwest::Client,
 }
@@ -92,14 +92,6 @@ impl ReqwestService {
 impl From<::reqwest::Client> for ReqwestService {
     fn from(client: ::reqwest::Client) -> Self {
         Self::new(client)
-    }
-}
-
-impl fmt::Debug for ReqwestService {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReqwestService")
-            .field("client", &self.client)
-            .finish()
     }
 }
 

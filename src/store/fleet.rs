@@ -59,6 +59,19 @@ pub(crate) enum Failure {
     FloorHolds,
 }
 
+/// What the fleet gives the cache.
+type Outcome = Result<Obtained, Failure>;
+
+/// Where the fleet's way ends: with an answer, or with the lease to fetch under.
+enum Turn {
+    Answer(Outcome),
+    /// The lease of `generation` is this process's; `streak` fetches failed in a row before.
+    Fetch {
+        generation: u64,
+        streak: u32,
+    },
+}
+
 /// The layer's settings the fleet needs.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FleetConfig {
@@ -165,122 +178,106 @@ impl Fleet {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<TokenAnswer, Error>>,
     {
-        let mut fetch = Some(fetch);
+        let mut lease = None;
         if self.alone().since.is_none() {
-            match self.coordinate(want, &mut fetch, &wait_for).await {
-                Ok(outcome) => return outcome,
+            match self.coordinate(want).await {
+                Ok(Turn::Answer(outcome)) => return outcome,
+                Ok(Turn::Fetch { generation, streak }) => lease = Some((generation, streak)),
                 Err(error) => self.go_alone(&error),
             }
         }
-        match fetch.take() {
-            Some(fetch) => self.fetch_alone(fetch, &wait_for).await,
-            // `coordinate` fails only before it fetches; should that change, the caller
-            // still gets an answer rather than a panic.
-            None => Err(Failure::Fetch {
-                error: store_failed(),
-                wait: Duration::from_secs(1),
-            }),
+        let asked = Instant::now();
+        let fetched = fetch().await;
+        let remaining = self.config.lifetime.saturating_sub(asked.elapsed());
+        match lease {
+            Some((generation, streak)) => {
+                self.share(generation, streak, fetched, remaining, &wait_for)
+                    .await
+            }
+            None => self.keep_alone(fetched, remaining, &wait_for),
         }
     }
 
     /// The fleet's way: read, then take the lease or wait for whoever holds it.
-    async fn coordinate<F, Fut>(
-        &self,
-        want: Want,
-        fetch: &mut Option<F>,
-        wait_for: &impl Fn(&Error, u32) -> Duration,
-    ) -> Result<Result<Obtained, Failure>, StoreError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<TokenAnswer, Error>>,
-    {
-        let keys = self.sealer.keys();
+    async fn coordinate(&self, want: Want) -> Result<Turn, StoreError> {
         let floor = match want {
             Want::Forced { floor, .. } => Some(floor),
             _ => None,
         };
-        let (mut snapshot, mut read_at) = self.read().await?;
+        if let (_, Some(answer)) = self.look(want).await? {
+            return Ok(Turn::Answer(answer));
+        }
         loop {
-            if let Some(found) = self.suitable(want, &snapshot, read_at) {
-                return Ok(Ok(found));
-            }
-            if let Some(failure) = self.held_failure(&snapshot) {
-                return Ok(Err(failure));
-            }
             match self
                 .store
-                .try_lease(keys, &self.owner, self.lease_ttl(), floor)
+                .try_lease(self.sealer.keys(), &self.owner, self.lease_ttl(), floor)
                 .await?
             {
                 Lease::Granted(generation) => {
-                    return self.fetch_leased(want, generation, fetch, wait_for).await;
+                    // Look again: the holder before may have just finished.
+                    let (snapshot, answer) = self.look(want).await?;
+                    if let Some(answer) = answer {
+                        self.release().await;
+                        return Ok(Turn::Answer(answer));
+                    }
+                    let streak = snapshot.failure.map_or(0, |f| f.streak);
+                    return Ok(Turn::Fetch { generation, streak });
                 }
                 Lease::FloorHolds => {
                     // The lease is free and the floor set: whoever forced the last refresh is
                     // done, maybe since the read above. What it left decides.
-                    let (snapshot, read_at) = self.read().await?;
-                    return Ok(match self.suitable(want, &snapshot, read_at) {
-                        Some(found) => Ok(found),
-                        None => Err(self.held_failure(&snapshot).unwrap_or(Failure::FloorHolds)),
-                    });
+                    let (_, answer) = self.look(want).await?;
+                    return Ok(Turn::Answer(answer.unwrap_or(Err(Failure::FloorHolds))));
                 }
-                Lease::Busy => (snapshot, read_at) = self.wait_for_holder(want).await?,
+                Lease::Busy => {
+                    if let Some(answer) = self.wait_for_holder(want).await? {
+                        return Ok(Turn::Answer(answer));
+                    }
+                }
             }
         }
     }
 
-    async fn read(&self) -> Result<(Snapshot, Instant), StoreError> {
+    /// Reads the store: what it holds, and the answer it already has for `want` (a suitable
+    /// token, or the failure every process is serving), if any.
+    async fn look(&self, want: Want) -> Result<(Snapshot, Option<Outcome>), StoreError> {
         // Life left is counted from before the question: never longer than the store's.
         let read_at = Instant::now();
         let snapshot = self.store.read(self.sealer.keys()).await?;
-        Ok((snapshot, read_at))
+        let answer = match self.suitable(want, &snapshot, read_at) {
+            Some(found) => Some(Ok(found)),
+            None => self.held_failure(&snapshot).map(Err),
+        };
+        Ok((snapshot, answer))
     }
 
-    /// Polls (every 15 to 45 ms) until the holder of the lease is done: a suitable token or
-    /// a failure appears, or the lease is free. Never longer than a lease lives: then the
-    /// lease has run out and the caller may take it.
-    async fn wait_for_holder(&self, want: Want) -> Result<(Snapshot, Instant), StoreError> {
+    /// Polls (every 15 to 45 ms) until the holder of the lease is done: the answer appears, or
+    /// the lease is free (`None`). Never longer than a lease lives: then the lease has run out
+    /// and the caller may take it.
+    async fn wait_for_holder(&self, want: Want) -> Result<Option<Outcome>, StoreError> {
         let deadline = Instant::now() + self.lease_ttl();
         loop {
             tokio::time::sleep(Duration::from_millis(fastrand::u64(15..=45))).await;
-            let (snapshot, read_at) = self.read().await?;
-            let done = !snapshot.leased
-                || Instant::now() >= deadline
-                || self.suitable(want, &snapshot, read_at).is_some()
-                || self.held_failure(&snapshot).is_some();
-            if done {
-                return Ok((snapshot, read_at));
+            let (snapshot, answer) = self.look(want).await?;
+            if answer.is_some() || !snapshot.leased || Instant::now() >= deadline {
+                return Ok(answer);
             }
         }
     }
 
-    /// With the lease: look again (the holder before may have just finished), then fetch,
-    /// publish or record the failure, and release.
-    async fn fetch_leased<F, Fut>(
+    /// Shares what the fetch under the lease of `generation` gave (publishes the token, or
+    /// records the failure after `streak` others), then releases the lease.
+    async fn share(
         &self,
-        want: Want,
         generation: u64,
-        fetch: &mut Option<F>,
+        streak: u32,
+        fetched: Result<TokenAnswer, Error>,
+        remaining: Duration,
         wait_for: &impl Fn(&Error, u32) -> Duration,
-    ) -> Result<Result<Obtained, Failure>, StoreError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<TokenAnswer, Error>>,
-    {
+    ) -> Outcome {
         let keys = self.sealer.keys();
-        let (snapshot, read_at) = self.read().await?;
-        let already = match self.suitable(want, &snapshot, read_at) {
-            Some(found) => Some(Ok(found)),
-            None => self.held_failure(&snapshot).map(Err),
-        };
-        let Some(fetch) = fetch.take().filter(|_| already.is_none()) else {
-            self.release().await;
-            return Ok(already.unwrap_or(Err(Failure::FloorHolds)));
-        };
-        let asked = Instant::now();
-        let outcome = match fetch().await {
+        let outcome = match fetched {
             Ok(answer) => {
-                let remaining = self.config.lifetime.saturating_sub(asked.elapsed());
                 let sealed = self.seal_token(&answer, generation);
                 match self
                     .store
@@ -302,11 +299,7 @@ impl Fleet {
                 })
             }
             Err(error) => {
-                let streak = snapshot
-                    .failure
-                    .as_ref()
-                    .map_or(0, |f| f.streak)
-                    .saturating_add(1);
+                let streak = streak.saturating_add(1);
                 let wait = wait_for(&error, streak);
                 let record = FailureRecord {
                     value: self.seal_failure(&error, streak),
@@ -321,7 +314,7 @@ impl Fleet {
             }
         };
         self.release().await;
-        Ok(outcome)
+        outcome
     }
 
     async fn release(&self) {
@@ -415,24 +408,21 @@ impl Fleet {
         tokio::spawn(probe(fleet));
     }
 
-    /// The fallback: this process's own fetch, as a layer without a store makes.
-    async fn fetch_alone<F, Fut>(
+    /// The fallback: a fetch made alone, as a layer without a store makes, with this
+    /// process's own count of failures in a row.
+    fn keep_alone(
         &self,
-        fetch: F,
+        fetched: Result<TokenAnswer, Error>,
+        remaining: Duration,
         wait_for: &impl Fn(&Error, u32) -> Duration,
-    ) -> Result<Obtained, Failure>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<TokenAnswer, Error>>,
-    {
-        let asked = Instant::now();
-        match fetch().await {
+    ) -> Outcome {
+        match fetched {
             Ok(answer) => {
                 self.alone().streak = 0;
                 Ok(Obtained {
                     answer,
                     generation: 0,
-                    remaining: self.config.lifetime.saturating_sub(asked.elapsed()),
+                    remaining,
                     fetched_here: true,
                 })
             }
@@ -466,17 +456,6 @@ async fn probe(fleet: Weak<Fleet>) {
             return;
         }
     }
-}
-
-fn store_failed() -> Error {
-    Error::build(
-        Kind::Unavailable {
-            status: None,
-            retry_after: None,
-        },
-        Some("the token store failed during a fetch".to_owned()),
-        None,
-    )
 }
 
 fn ms(d: Duration) -> u64 {

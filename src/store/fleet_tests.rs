@@ -320,7 +320,7 @@ async fn a_slow_writer_cannot_replace_a_newer_token() {
     let Lease::Granted(fast) = store.try_lease(&keys, "fast", ttl, None).await.unwrap() else {
         panic!("expired lease not granted")
     };
-    crate::store::assert_fences_a_slow_writer(&store, &keys, slow, fast).await;
+    crate::store::tests::assert_fences_a_slow_writer(&store, &keys, slow, fast).await;
 }
 
 #[tokio::test(start_paused = true)]

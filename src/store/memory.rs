@@ -70,25 +70,16 @@ struct Entry {
 impl Entry {
     /// Drops whatever has run out.
     fn expire(&mut self, now: Instant) {
-        if self.token.as_ref().is_some_and(|t| t.2 <= now) {
-            self.token = None;
-        }
-        if self.lease.as_ref().is_some_and(|l| l.1 <= now) {
-            self.lease = None;
-        }
-        if self.failure.as_ref().is_some_and(|f| f.2 <= now) {
-            self.failure = None;
-        }
-        if self.hold.is_some_and(|h| h <= now) {
-            self.hold = None;
-        }
-        if self.floor.is_some_and(|f| f <= now) {
-            self.floor = None;
-        }
+        self.token = self.token.take().filter(|t| t.2 > now);
+        self.lease = self.lease.take().filter(|l| l.1 > now);
+        self.failure = self.failure.take().filter(|f| f.2 > now);
+        self.hold = self.hold.filter(|&h| h > now);
+        self.floor = self.floor.filter(|&f| f > now);
     }
 
-    fn token_generation(&self) -> u64 {
-        self.token.as_ref().map_or(0, |t| t.0)
+    /// Whether a token of `generation` or newer is stored.
+    fn fences(&self, generation: u64) -> bool {
+        self.token.as_ref().is_some_and(|t| t.0 >= generation)
     }
 }
 
@@ -117,21 +108,26 @@ impl MemoryStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn up(&self) -> Result<(), StoreError> {
+        if self.inner.down.load(Ordering::SeqCst) {
+            return Err(StoreError::new("the memory store is down", None));
+        }
+        Ok(())
+    }
+
     /// Runs `f` on the entry of `keys`, expired values dropped, unless the store is down.
     fn with<T: Send + 'static>(
         &self,
         keys: &Keys,
         f: impl FnOnce(&mut Entry, Instant) -> T,
     ) -> StoreFuture<'static, T> {
-        let result = if self.inner.down.load(Ordering::SeqCst) {
-            Err(StoreError::new("the memory store is down", None))
-        } else {
+        let result = self.up().map(|()| {
             let now = Instant::now();
             let mut entries = self.entries();
             let entry = entries.entry(keys.token().to_owned()).or_default();
             entry.expire(now);
-            Ok(f(entry, now))
-        };
+            f(entry, now)
+        });
         Box::pin(std::future::ready(result))
     }
 }
@@ -178,7 +174,8 @@ impl TokenStore for MemoryStore {
             if let Some(floor) = floor {
                 entry.floor = Some(now + floor);
             }
-            entry.generation = entry.generation.max(entry.token_generation()) + 1;
+            let stored = entry.token.as_ref().map_or(0, |t| t.0);
+            entry.generation = entry.generation.max(stored) + 1;
             Lease::Granted(entry.generation)
         })
     }
@@ -186,13 +183,7 @@ impl TokenStore for MemoryStore {
     fn release<'a>(&'a self, keys: &'a Keys, owner: &'a str) -> StoreFuture<'a, ()> {
         let owner = owner.to_owned();
         self.with(keys, move |entry, _| {
-            if entry
-                .lease
-                .as_ref()
-                .is_some_and(|(held_by, _)| *held_by == owner)
-            {
-                entry.lease = None;
-            }
+            entry.lease.take_if(|(held_by, _)| *held_by == owner);
         })
     }
 
@@ -204,7 +195,7 @@ impl TokenStore for MemoryStore {
         life: Duration,
     ) -> StoreFuture<'a, bool> {
         self.with(keys, move |entry, now| {
-            if entry.token.is_some() && entry.token_generation() >= generation {
+            if entry.fences(generation) {
                 return false;
             }
             entry.token = Some((generation, value, now + life));
@@ -221,7 +212,7 @@ impl TokenStore for MemoryStore {
         failure: FailureRecord,
     ) -> StoreFuture<'a, ()> {
         self.with(keys, move |entry, now| {
-            if entry.token.is_some() && entry.token_generation() >= generation {
+            if entry.fences(generation) {
                 return;
             }
             entry.failure = Some((failure.value, failure.streak, now + failure.keep));
@@ -230,12 +221,7 @@ impl TokenStore for MemoryStore {
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
-        let result = if self.inner.down.load(Ordering::SeqCst) {
-            Err(StoreError::new("the memory store is down", None))
-        } else {
-            Ok(())
-        };
-        Box::pin(std::future::ready(result))
+        Box::pin(std::future::ready(self.up()))
     }
 }
 

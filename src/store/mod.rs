@@ -269,50 +269,52 @@ impl fmt::Display for StoreError {
 
 impl StdError for StoreError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn StdError + 'static))
+        self.source.as_deref().map(|e| e as _)
     }
 }
 
-/// The fencing every store must give, checked against each: once the lease of generation
-/// `slow` expired and `fast` was granted, the slow holder can neither replace `fast`'s token,
-/// nor record a failure over it, nor end `fast`'s lease.
 #[cfg(test)]
-pub(crate) async fn assert_fences_a_slow_writer(
-    store: &dyn TokenStore,
-    keys: &Keys,
-    slow: u64,
-    fast: u64,
-) -> StoredToken {
-    let hour = Duration::from_secs(3600);
-    assert!(fast > slow);
-    assert!(
-        store
-            .publish(keys, fast, b"new".to_vec(), hour)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .publish(keys, slow, b"old".to_vec(), hour)
-            .await
-            .unwrap()
-    );
-    let failure = FailureRecord {
-        value: b"x".to_vec(),
-        streak: 1,
-        hold: hour,
-        keep: hour,
-    };
-    store.fail(keys, slow, failure).await.unwrap();
-    store.release(keys, "slow").await.unwrap();
-    let snapshot = store.read(keys).await.unwrap();
-    assert!(snapshot.failure.is_none() && snapshot.leased);
-    let token = snapshot.token.unwrap();
-    assert_eq!(
-        (token.generation, token.value.as_slice()),
-        (fast, &b"new"[..])
-    );
-    token
+mod tests {
+    use super::*;
+
+    /// The fencing every store must give, checked against each: once the lease of generation
+    /// `slow` expired and `fast` was granted, the slow holder can neither replace `fast`'s token,
+    /// nor record a failure over it, nor end `fast`'s lease.
+    pub(crate) async fn assert_fences_a_slow_writer(
+        store: &dyn TokenStore,
+        keys: &Keys,
+        slow: u64,
+        fast: u64,
+    ) -> StoredToken {
+        let hour = Duration::from_secs(3600);
+        assert!(fast > slow);
+        assert!(
+            store
+                .publish(keys, fast, b"new".to_vec(), hour)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .publish(keys, slow, b"old".to_vec(), hour)
+                .await
+                .unwrap()
+        );
+        let failure = FailureRecord {
+            value: b"x".to_vec(),
+            streak: 1,
+            hold: hour,
+            keep: hour,
+        };
+        store.fail(keys, slow, failure).await.unwrap();
+        store.release(keys, "slow").await.unwrap();
+        let snapshot = store.read(keys).await.unwrap();
+        assert!(snapshot.failure.is_none() && snapshot.leased);
+        let token = snapshot.token.unwrap();
+        assert_eq!(
+            (token.generation, token.value.as_slice()),
+            (fast, &b"new"[..])
+        );
+        token
+    }
 }

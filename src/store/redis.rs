@@ -30,8 +30,8 @@ return {t[1] or '', t[2] or '', redis.call('PTTL', KEYS[1]),
         f[1] or '', f[2] or '', redis.call('PTTL', KEYS[3]), redis.call('EXISTS', KEYS[4])}
 ";
 
-/// The lease (`SET NX PX` in effect: the script is atomic), refused within a forced-refresh floor; a granted lease hands out a generation
-/// newer than any before and than the stored token's.
+/// The lease (`SET NX PX` in effect: the script is atomic), refused within a forced-refresh
+/// floor; a granted lease hands out a generation newer than any before and than the token's.
 /// KEYS: lease, generation, token, floor. ARGV: owner, ttl ms, floor ms (0: none), keep ms.
 const TRY_LEASE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -103,15 +103,6 @@ pub struct RedisStore {
     /// Made on first use, inside the runtime that uses it; dropped after a failed call, so
     /// that the next call starts afresh (in whatever runtime it runs).
     connection: Mutex<Option<ConnectionManager>>,
-    scripts: Scripts,
-}
-
-struct Scripts {
-    read: Script,
-    try_lease: Script,
-    release: Script,
-    publish: Script,
-    fail: Script,
 }
 
 impl RedisStore {
@@ -136,13 +127,6 @@ impl RedisStore {
         Self {
             client,
             connection: Mutex::new(None),
-            scripts: Scripts {
-                read: Script::new(READ),
-                try_lease: Script::new(TRY_LEASE),
-                release: Script::new(RELEASE),
-                publish: Script::new(PUBLISH),
-                fail: Script::new(FAIL),
-            },
         }
     }
 
@@ -216,15 +200,11 @@ type ReadReply = (String, Vec<u8>, i64, String, Vec<u8>, i64, i64);
 impl TokenStore for RedisStore {
     fn read<'a>(&'a self, keys: &'a Keys) -> StoreFuture<'a, Snapshot> {
         self.call("reading the shared token", move |mut c| async move {
-            let (generation, value, life, streak, failure, hold, leased): ReadReply = self
-                .scripts
-                .read
-                .key(keys.token())
-                .key(keys.failure())
-                .key(keys.hold())
-                .key(keys.lease())
-                .invoke_async(&mut c)
-                .await?;
+            let (generation, value, life, streak, failure, hold, leased): ReadReply =
+                Script::new(READ)
+                    .key(&[keys.token(), keys.failure(), keys.hold(), keys.lease()])
+                    .invoke_async(&mut c)
+                    .await?;
             let token = match (generation.parse::<u64>(), life > 0) {
                 (Ok(generation), true) => Some(StoredToken {
                     generation,
@@ -254,13 +234,8 @@ impl TokenStore for RedisStore {
         floor: Option<Duration>,
     ) -> StoreFuture<'a, Lease> {
         self.call("taking the lease", move |mut c| async move {
-            let reply: i64 = self
-                .scripts
-                .try_lease
-                .key(keys.lease())
-                .key(keys.generation())
-                .key(keys.token())
-                .key(keys.floor())
+            let reply: i64 = Script::new(TRY_LEASE)
+                .key(&[keys.lease(), keys.generation(), keys.token(), keys.floor()])
                 .arg(owner)
                 .arg(millis(ttl))
                 .arg(floor.map_or(0, millis))
@@ -277,9 +252,7 @@ impl TokenStore for RedisStore {
 
     fn release<'a>(&'a self, keys: &'a Keys, owner: &'a str) -> StoreFuture<'a, ()> {
         self.call("releasing the lease", move |mut c| async move {
-            let _: i64 = self
-                .scripts
-                .release
+            let _: i64 = Script::new(RELEASE)
                 .key(keys.lease())
                 .arg(owner)
                 .invoke_async(&mut c)
@@ -296,12 +269,8 @@ impl TokenStore for RedisStore {
         life: Duration,
     ) -> StoreFuture<'a, bool> {
         self.call("publishing the token", move |mut c| async move {
-            let done: i64 = self
-                .scripts
-                .publish
-                .key(keys.token())
-                .key(keys.failure())
-                .key(keys.hold())
+            let done: i64 = Script::new(PUBLISH)
+                .key(&[keys.token(), keys.failure(), keys.hold()])
                 .arg(generation)
                 .arg(value)
                 .arg(millis(life))
@@ -318,12 +287,8 @@ impl TokenStore for RedisStore {
         failure: FailureRecord,
     ) -> StoreFuture<'a, ()> {
         self.call("recording a failed fetch", move |mut c| async move {
-            let _: i64 = self
-                .scripts
-                .fail
-                .key(keys.token())
-                .key(keys.failure())
-                .key(keys.hold())
+            let _: i64 = Script::new(FAIL)
+                .key(&[keys.token(), keys.failure(), keys.hold()])
                 .arg(generation)
                 .arg(failure.value)
                 .arg(failure.streak)

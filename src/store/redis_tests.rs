@@ -57,7 +57,7 @@ async fn the_scripts_lease_fence_and_expire() {
     };
     // The slow writer, its lease gone, can neither replace the token, nor record a failure
     // over it, nor end the new holder's lease.
-    let token = crate::store::assert_fences_a_slow_writer(&store, &keys, slow, fast).await;
+    let token = crate::store::tests::assert_fences_a_slow_writer(&store, &keys, slow, fast).await;
     assert!(token.remaining > HOUR - Duration::from_secs(5) && token.remaining <= HOUR);
     store.release(&keys, "fast").await.unwrap();
 

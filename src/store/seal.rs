@@ -41,7 +41,10 @@ impl Sealer {
             mac.update(origin.as_bytes());
             mac.update(credentials.access_token.as_bytes());
             let digest = mac.finalize().into_bytes();
-            hex(&digest[..TAG_BYTES])
+            digest[..TAG_BYTES]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         };
         let cipher = XChaCha20Poly1305::new(&sealing.into());
         naming.fill(0);
@@ -56,61 +59,30 @@ impl Sealer {
         &self.keys
     }
 
-    /// Encrypts `plain`, bound to `what` (which value it is) and `generation`: a value moved
+    /// Encrypts `msg`, bound to `what` (which value it is) and `generation`: a value moved
     /// to another key or generation does not open.
-    pub(crate) fn seal(&self, what: &str, generation: u64, plain: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, what: &str, generation: u64, msg: &[u8]) -> Vec<u8> {
         let nonce = chacha20poly1305::XNonce::generate();
-        let aad = aad(what, generation);
-        let mut out = nonce.to_vec();
-        match self.cipher.encrypt(
-            &nonce,
-            Payload {
-                msg: plain,
-                aad: &aad,
-            },
-        ) {
-            Ok(sealed) => out.extend_from_slice(&sealed),
+        let aad = &aad(what, generation);
+        match self.cipher.encrypt(&nonce, Payload { msg, aad }) {
+            Ok(sealed) => [nonce.as_slice(), &sealed].concat(),
             // Only a message of gigabytes fails; an empty value reads as a miss.
-            Err(_) => out.clear(),
+            Err(_) => Vec::new(),
         }
-        out
     }
 
     /// Decrypts a value sealed by [`seal`](Self::seal); `None` if it does not open (another
     /// secret, another key or generation, a garbled or truncated value).
     pub(crate) fn open(&self, what: &str, generation: u64, sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < NONCE_BYTES {
-            return None;
-        }
-        let (nonce, body) = sealed.split_at(NONCE_BYTES);
+        let (nonce, msg) = sealed.split_at_checked(NONCE_BYTES)?;
         let nonce = chacha20poly1305::XNonce::try_from(nonce).ok()?;
-        let aad = aad(what, generation);
-        self.cipher
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: body,
-                    aad: &aad,
-                },
-            )
-            .ok()
+        let aad = &aad(what, generation);
+        self.cipher.decrypt(&nonce, Payload { msg, aad }).ok()
     }
 }
 
 fn aad(what: &str, generation: u64) -> Vec<u8> {
-    let mut aad = what.as_bytes().to_vec();
-    aad.extend_from_slice(&generation.to_be_bytes());
-    aad
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    [what.as_bytes(), &generation.to_be_bytes()].concat()
 }
 
 #[cfg(test)]
