@@ -282,13 +282,13 @@ impl LengowAuthBuilder {
         let endpoint = token_endpoint(&self.api_url)?;
         #[cfg(feature = "redis")]
         let fleet = self.store.map(|store| {
-            let config = crate::store::FleetConfig {
+            let config = crate::token::FleetConfig {
                 lifetime: self.token_lifetime,
                 refresh_ahead: self.refresh_ahead,
                 fetch_timeout: self.fetch_timeout,
             };
             let origin = endpoint.to_string();
-            Arc::new(crate::store::Fleet::new(
+            Arc::new(crate::token::Fleet::new(
                 store,
                 &self.credentials,
                 &origin,

@@ -37,9 +37,10 @@
 //! }
 //! ```
 
-#[cfg(feature = "redis")]
+mod redis_server;
+
 #[doc(inline)]
-pub use crate::store::server::{INSTALL_HINT, RedisServer};
+pub use redis_server::{INSTALL_HINT, RedisServer};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;

@@ -21,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use lengow_auth::LengowAuthLayer;
 use lengow_auth::store::RedisStore;
-use lengow_auth::testing::{FakeLengow, INSTALL_HINT, RedisServer, TokenFailure};
+use lengow_auth::testing::{FakeLengow, RedisServer, TokenFailure};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tower::{Layer, ServiceExt};
@@ -128,22 +128,6 @@ async fn worker() -> Result<(), BoxError> {
 }
 
 // ---- The test process: redis-server, FakeLengow, the workers ------------------------------
-
-/// A fresh `redis-server`, or `None` with a notice where it is missing (a failure under
-/// `CI=true`).
-fn redis_server() -> Option<RedisServer> {
-    match RedisServer::start() {
-        Ok(Some(server)) => Some(server),
-        Ok(None) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("redis-server is missing and CI=true: {INSTALL_HINT}")
-        }
-        Ok(None) => {
-            eprintln!("skipped: redis-server is not installed; {INSTALL_HINT}");
-            None
-        }
-        Err(e) => panic!("redis-server did not start: {e}"),
-    }
-}
 
 /// How the workers are set up.
 #[derive(Clone)]
@@ -357,7 +341,9 @@ async fn wait_for(mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_cold_processes_fetch_once_and_redis_holds_nothing_readable() {
-    let Some(redis) = redis_server() else { return };
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let fake = FakeLengow::builder()
         .token_delay(Duration::from_millis(200))
         .start()
@@ -391,7 +377,9 @@ async fn eight_cold_processes_fetch_once_and_redis_holds_nothing_readable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lifetimes_cost_one_fetch_per_refresh_for_the_fleet() {
-    let Some(redis) = redis_server() else { return };
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let fake = FakeLengow::builder()
         .token_lifetime(Duration::from_secs(3))
         .start()
@@ -420,7 +408,9 @@ async fn short_lifetimes_cost_one_fetch_per_refresh_for_the_fleet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_holder_killed_mid_fetch_costs_one_more_fetch() {
-    let Some(redis) = redis_server() else { return };
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let fake = FakeLengow::builder()
         .token_delay(Duration::from_millis(1500))
         .start()
@@ -460,7 +450,9 @@ async fn a_lease_holder_killed_mid_fetch_costs_one_more_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_seen_by_every_process_forces_one_fetch() {
-    let Some(redis) = redis_server() else { return };
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let fake = FakeLengow::start().await;
     let setup = Setup::new(&fake, &redis);
     let mut workers = fleet(&setup, 6).await;
@@ -476,7 +468,9 @@ async fn a_revocation_seen_by_every_process_forces_one_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_costs_one_fetch_per_cooldown_for_the_fleet() {
-    let Some(redis) = redis_server() else { return };
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let fake = FakeLengow::start().await;
     let setup = Setup {
         secret: "not-the-secret".to_owned(),
@@ -493,7 +487,9 @@ async fn a_wrong_secret_costs_one_fetch_per_cooldown_for_the_fleet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_process_fetches_before_retry_after() {
-    let Some(redis) = redis_server() else { return };
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let fake = FakeLengow::start().await;
     fake.push_token_failure(TokenFailure::rate_limited(3));
     let setup = Setup::new(&fake, &redis);
@@ -519,7 +515,7 @@ async fn no_process_fetches_before_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushall_a_hung_redis_and_a_redis_restart_lose_no_request() {
-    let Some(mut redis) = redis_server() else {
+    let Some(mut redis) = RedisServer::start_or_skip() else {
         return;
     };
     let fake = FakeLengow::builder()
@@ -568,7 +564,9 @@ async fn flushall_a_hung_redis_and_a_redis_restart_lose_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_credentials_share_no_key() {
-    let Some(redis) = redis_server() else { return };
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let a = FakeLengow::builder()
         .credentials("access-a", "secret-a")
         .start()

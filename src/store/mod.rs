@@ -19,12 +19,8 @@
 //! own single flight, says so once in the log, probes the store in the background and
 //! rejoins the fleet when it answers again.
 
-mod fleet;
 mod memory;
 mod redis;
-mod seal;
-#[cfg(feature = "test-util")]
-pub(crate) mod server;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -32,7 +28,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub(crate) use fleet::{Failure, Fleet, FleetConfig, Want};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -189,7 +184,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let name = |role: &str| format!("lengow-auth:{{{tag}}}:{role}");
         Self {
             token: name("token"),
@@ -274,7 +269,7 @@ impl StdError for StoreError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The fencing every store must give, checked against each: once the lease of generation

@@ -1,42 +1,17 @@
 //! The scripts against a real `redis-server`, started here on a free port.
 
-use std::sync::Arc;
-
 use super::*;
-use crate::store::fleet::{Fleet, FleetConfig, Want};
-use crate::store::seal::Sealer;
-use crate::store::server::{INSTALL_HINT, RedisServer};
-use crate::token::{Credentials, TokenAnswer};
-
-/// A fresh server, or `None` (with a notice) where `redis-server` is missing; under
-/// `CI=true` a missing server fails the test.
-fn server() -> Option<RedisServer> {
-    match RedisServer::start() {
-        Ok(Some(server)) => Some(server),
-        Ok(None) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("redis-server is missing and CI=true: {INSTALL_HINT}")
-        }
-        Ok(None) => {
-            eprintln!("skipped: redis-server is not installed; {INSTALL_HINT}");
-            None
-        }
-        Err(e) => panic!("redis-server did not start: {e}"),
-    }
-}
-
-fn keys(secret: &str) -> Keys {
-    Sealer::new(&Credentials::new("access", secret), "http://127.0.0.1:1")
-        .keys()
-        .clone()
-}
+use crate::testing::RedisServer;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
 #[tokio::test]
 async fn the_scripts_lease_fence_and_expire() {
-    let Some(server) = server() else { return };
+    let Some(server) = RedisServer::start_or_skip() else {
+        return;
+    };
     let store = RedisStore::open(&server.url()).unwrap();
-    let keys = keys("secret");
+    let keys = Keys::new("tag");
     let empty = store.read(&keys).await.unwrap();
     assert!(empty.token.is_none() && empty.failure.is_none() && !empty.leased);
 
@@ -101,88 +76,12 @@ async fn the_scripts_lease_fence_and_expire() {
 }
 
 #[tokio::test]
-async fn a_fleet_of_seats_on_redis_fetches_once_and_stores_nothing_readable() {
-    let Some(server) = server() else { return };
-    let url = server.url();
-    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..6 {
-        let store: Arc<dyn TokenStore> = Arc::new(RedisStore::open(&url).unwrap());
-        let seat = Arc::new(Fleet::new(
-            store,
-            &Credentials::new("the-access-token", "the-secret"),
-            "http://127.0.0.1:1",
-            FleetConfig {
-                lifetime: HOUR,
-                refresh_ahead: Duration::from_secs(600),
-                fetch_timeout: Duration::from_secs(10),
-            },
-        ));
-        let calls = Arc::clone(&calls);
-        tasks.push(tokio::spawn(async move {
-            let fetch = || async move {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                Ok(TokenAnswer {
-                    token: "the-token-value".to_owned(),
-                    account_id: 1,
-                    user_id: None,
-                })
-            };
-            seat.obtain(Want::Demand, fetch, |_, _| Duration::from_secs(1))
-                .await
-        }));
-    }
-    for task in tasks {
-        let got = task.await.unwrap().unwrap();
-        assert_eq!(got.answer.token, "the-token-value");
-    }
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-    let client = Client::open(url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let names: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert!(names.len() >= 2, "{names:?}");
-    for name in names {
-        let value: Vec<u8> = match redis::cmd("TYPE")
-            .arg(&name)
-            .query_async::<String>(&mut c)
-            .await
-            .unwrap()
-            .as_str()
-        {
-            "hash" => {
-                let fields: Vec<Vec<u8>> = redis::cmd("HGETALL")
-                    .arg(&name)
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
-                fields.concat()
-            }
-            _ => redis::cmd("GET")
-                .arg(&name)
-                .query_async(&mut c)
-                .await
-                .unwrap(),
-        };
-        for secret in ["the-token-value", "the-access-token", "the-secret"] {
-            assert!(!name.contains(secret), "{name}");
-            assert!(
-                !value.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "{name}"
-            );
-        }
-    }
-}
-
-#[tokio::test]
 async fn calls_fail_fast_while_redis_is_down_and_work_once_it_is_back() {
-    let Some(mut server) = server() else { return };
+    let Some(mut server) = RedisServer::start_or_skip() else {
+        return;
+    };
     let store = RedisStore::open(&server.url()).unwrap();
-    let keys = keys("secret");
+    let keys = Keys::new("tag");
     store.ping().await.unwrap();
     server.kill();
     assert!(store.read(&keys).await.is_err());
@@ -215,19 +114,23 @@ fn urls_are_checked_and_never_repeated() {
 
 #[tokio::test]
 async fn rediss_speaks_tls() {
-    let Some(server) = server() else { return };
+    let Some(server) = RedisServer::start_or_skip() else {
+        return;
+    };
     // TLS to a plain server: the handshake fails, as an error (a crypto provider is found,
     // the client config is built, no panic).
     let url = format!("rediss://127.0.0.1:{}/", server.port());
     let store = RedisStore::open(&url).unwrap();
     let e = store.ping().await.unwrap_err().to_string();
     assert!(!e.contains("provider") && !e.contains("feature"), "{e}");
-    assert!(store.read(&keys("secret")).await.is_err());
+    assert!(store.read(&Keys::new("tag")).await.is_err());
 }
 
 #[tokio::test]
 async fn a_password_in_the_url_is_used_and_never_shown() {
-    let Some(server) = server() else { return };
+    let Some(server) = RedisServer::start_or_skip() else {
+        return;
+    };
     assert_eq!(
         server
             .command("CONFIG SET requirepass hunter2-pass")

@@ -15,10 +15,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{Asked, Clock, Fetcher, Token, TokenAnswer};
+#[cfg(feature = "redis")]
+use super::{Failure, Fleet, Want};
 use crate::error::{Error, Kind};
 use crate::stats::Counters;
-#[cfg(feature = "redis")]
-use crate::store::{Failure, Fleet, Want};
 
 /// What waiters of one fetch share: the token or the error.
 pub(crate) type Outcome = Result<Arc<Token>, Error>;

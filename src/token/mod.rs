@@ -1,11 +1,15 @@
-//! Tokens: the credentials, the `get_token` call, the token as the layer holds it, and the
-//! shared cache with its refresher. Everything that touches the auth service lives here.
+//! Tokens: the credentials, the `get_token` call, the token as the layer holds it, the
+//! shared cache with its refresher and, with a store, the fleet's agreement on one token.
 
 mod cache;
 mod clock;
 mod credentials;
 mod fetch;
+#[cfg(feature = "redis")]
+mod fleet;
 mod response;
+#[cfg(feature = "redis")]
+mod seal;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +23,8 @@ pub(crate) use clock::Clock;
 pub use clock::{SystemClock, WallClock};
 pub use credentials::Credentials;
 pub(crate) use fetch::Fetcher;
+#[cfg(feature = "redis")]
+pub(crate) use fleet::{Failure, Fleet, FleetConfig, Want};
 pub(crate) use response::TokenAnswer;
 
 /// Prints `** redacted **` in place of a secret.

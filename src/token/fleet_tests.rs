@@ -488,3 +488,85 @@ async fn a_forced_refresh_that_finishes_meanwhile_is_adopted_not_refused() {
         (2, 2, 2)
     );
 }
+
+/// Six seats on a real `redis-server`: one fetch, and nothing readable in what is stored.
+#[cfg(feature = "test-util")]
+#[tokio::test]
+async fn a_fleet_of_seats_on_redis_fetches_once_and_stores_nothing_readable() {
+    let Some(server) = crate::testing::RedisServer::start_or_skip() else {
+        return;
+    };
+    let url = server.url();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let store: Arc<dyn TokenStore> = Arc::new(crate::store::RedisStore::open(&url).unwrap());
+        let seat = Arc::new(Fleet::new(
+            store,
+            &Credentials::new("the-access-token", "the-secret"),
+            "http://127.0.0.1:1",
+            FleetConfig {
+                lifetime: HOUR,
+                refresh_ahead: Duration::from_secs(600),
+                fetch_timeout: Duration::from_secs(10),
+            },
+        ));
+        let calls = Arc::clone(&calls);
+        tasks.push(tokio::spawn(async move {
+            let fetch = || async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(TokenAnswer {
+                    token: "the-token-value".to_owned(),
+                    account_id: 1,
+                    user_id: None,
+                })
+            };
+            seat.obtain(Want::Demand, fetch, |_, _| Duration::from_secs(1))
+                .await
+        }));
+    }
+    for task in tasks {
+        let got = task.await.unwrap().unwrap();
+        assert_eq!(got.answer.token, "the-token-value");
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let names: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(names.len() >= 2, "{names:?}");
+    for name in names {
+        let value: Vec<u8> = match redis::cmd("TYPE")
+            .arg(&name)
+            .query_async::<String>(&mut c)
+            .await
+            .unwrap()
+            .as_str()
+        {
+            "hash" => {
+                let fields: Vec<Vec<u8>> = redis::cmd("HGETALL")
+                    .arg(&name)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                fields.concat()
+            }
+            _ => redis::cmd("GET")
+                .arg(&name)
+                .query_async(&mut c)
+                .await
+                .unwrap(),
+        };
+        for secret in ["the-token-value", "the-access-token", "the-secret"] {
+            assert!(!name.contains(secret), "{name}");
+            assert!(
+                !value.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{name}"
+            );
+        }
+    }
+}

@@ -8,8 +8,8 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::Keys;
-use crate::token::Credentials;
+use super::Credentials;
+use crate::store::Keys;
 
 /// Names the derivation, so that keys derived for another purpose never match these.
 const SALT: &[u8] = b"lengow-auth fleet store v1";

@@ -20,9 +20,8 @@ pub const INSTALL_HINT: &str = "install it with `apt-get install redis-server` (
 ///     eprintln!("redis-server is not installed: skipping");
 ///     return Ok(());
 /// };
-/// let store = lengow_auth::store::RedisStore::open(&redis.url())?;
-/// # let _ = store;
-/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// println!("redis at {}", redis.url());
+/// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct RedisServer {
     child: Option<Child>,
@@ -43,6 +42,23 @@ impl RedisServer {
             Ok(()) => Ok(Some(server)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// A server for a test: `None`, with a notice on stderr, where `redis-server` is missing,
+    /// so that the test can skip; under `CI=true` a missing server is a panic instead, and so
+    /// is a server that does not start.
+    pub fn start_or_skip() -> Option<Self> {
+        match Self::start() {
+            Ok(Some(server)) => Some(server),
+            Ok(None) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("redis-server is missing and CI=true: {INSTALL_HINT}")
+            }
+            Ok(None) => {
+                eprintln!("skipped: redis-server is not installed; {INSTALL_HINT}");
+                None
+            }
+            Err(e) => panic!("redis-server did not start: {e}"),
         }
     }
 

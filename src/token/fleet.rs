@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::seal::Sealer;
-use super::{FailureRecord, Lease, Snapshot, StoreError, TokenStore};
+use super::{Credentials, TokenAnswer};
 use crate::error::{Error, Kind};
-use crate::token::{Credentials, TokenAnswer};
+use crate::store::{FailureRecord, Lease, Snapshot, StoreError, TokenStore};
 
 /// The lease outlives the fetch timeout by this much: time to publish what was fetched.
 const LEASE_SLACK: Duration = Duration::from_secs(2);
