@@ -18,7 +18,6 @@ use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use smallvec::SmallVec;
 
 use crate::error::BoxError;
 
@@ -89,8 +88,8 @@ pub(crate) struct Shared<B> {
 }
 
 struct State<B> {
-    /// The chunks kept so far; a one-chunk body (most are) needs no allocation of its own.
-    kept: SmallVec<[Bytes; 1]>,
+    /// The chunks kept so far: shared handles on what was sent.
+    kept: Vec<Bytes>,
     kept_len: usize,
     trailers: Option<HeaderMap>,
     /// What is left of the caller's body; `None` once it has ended.
@@ -128,7 +127,7 @@ impl<B: Body> ReplayBody<B> {
         }));
         // The first send holds the state from the start: it hands it over when dropped.
         let state = State {
-            kept: SmallVec::new(),
+            kept: Vec::new(),
             kept_len: 0,
             trailers: None,
             rest: Some(Box::pin(body)),
@@ -325,7 +324,7 @@ impl<B> State<B> {
 
     /// Marks the body as not replayable and lets go of what was kept.
     fn cap(&mut self, shared: &Mutex<Shared<B>>) {
-        self.kept = SmallVec::new();
+        self.kept = Vec::new();
         self.kept_len = usize::MAX;
         lock(shared).capped = true;
     }
