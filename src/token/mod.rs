@@ -97,28 +97,13 @@ impl Token {
 
     /// Whether the token may still be sent: both tokio's clock (which tests pause) and the
     /// wall clock (which runs on while the machine sleeps) must say so.
-    pub(crate) fn is_usable(&self, now: Instant, wall: SystemTime) -> bool {
-        now < self.usable_until && wall < self.wall_usable_until
-    }
-
-    /// When tokio's clock says the token may no longer be sent.
-    pub(crate) fn usable_until(&self) -> Instant {
-        self.usable_until
-    }
-
-    /// Records that the API accepted this token.
-    pub(crate) fn mark_accepted(&self) {
-        self.proven.store(true, Ordering::Relaxed);
+    fn is_usable(&self, wall: &Clock) -> bool {
+        Instant::now() < self.usable_until && wall.now() < self.wall_usable_until
     }
 
     /// A token fetched after a rejection that the API has not accepted yet.
     pub(crate) fn unproven_forced(&self) -> bool {
         self.forced && !self.proven.load(Ordering::Relaxed)
-    }
-
-    /// When the background refresh is due.
-    pub(crate) fn refresh_at(&self) -> Instant {
-        self.refresh_at
     }
 }
 
