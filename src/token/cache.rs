@@ -1,8 +1,6 @@
 //! The shared token cache: single-flight fetches, cached failures with backoff, forced
 //! refreshes with a floor, and the background refresher that renews ahead of expiry.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -14,7 +12,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Asked, Clock, Fetcher, Token, TokenAnswer};
+use super::{Asked, BoxFuture, Clock, Fetcher, Token, TokenAnswer};
 #[cfg(feature = "redis")]
 use super::{Failure, Fleet, Want};
 use crate::error::{Error, Kind};
@@ -22,8 +20,6 @@ use crate::stats::Counters;
 
 /// What waiters of one fetch share: the token or the error.
 pub(crate) type Outcome = Result<Arc<Token>, Error>;
-
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// First wait after a failed fetch; doubles per failure in a row.
 const BACKOFF_START: Duration = Duration::from_secs(1);

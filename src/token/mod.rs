@@ -12,13 +12,15 @@ mod response;
 mod seal;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use tokio::time::Instant;
 
-pub(crate) use cache::{BoxFuture, Cache, CacheConfig, Outcome};
+pub(crate) use cache::{Cache, CacheConfig, Outcome};
 pub(crate) use clock::Clock;
 pub use clock::{SystemClock, WallClock};
 pub use credentials::Credentials;
@@ -26,6 +28,8 @@ pub(crate) use fetch::Fetcher;
 #[cfg(feature = "redis")]
 pub(crate) use fleet::{Failure, Fleet, FleetConfig, Want};
 pub(crate) use response::TokenAnswer;
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Prints `** redacted **` in place of a secret.
 pub(crate) struct Redacted;
