@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Kind, scrub};
@@ -15,8 +16,8 @@ pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The longest `Retry-After` obeyed; a longer one is taken as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// A token as Lengow handed it out.
-#[derive(PartialEq, Eq)]
+/// A token as Lengow handed it out; serialized only to be sealed in a fleet's store.
+#[derive(PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TokenAnswer {
     pub(crate) token: String,
     pub(crate) account_id: u64,
