@@ -1,8 +1,6 @@
 //! The shared token cache: single-flight fetches, cached failures with backoff, forced
 //! refreshes with a floor, and the background refresher that renews ahead of expiry.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -14,7 +12,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Asked, Clock, Fetcher, Token, TokenAnswer};
+use super::{Asked, BoxFuture, Clock, Fetcher, Token, TokenAnswer};
 #[cfg(feature = "redis")]
 use super::{Failure, Fleet, Want};
 use crate::error::{Error, Kind};
@@ -22,8 +20,6 @@ use crate::stats::Counters;
 
 /// What waiters of one fetch share: the token or the error.
 pub(crate) type Outcome = Result<Arc<Token>, Error>;
-
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// First wait after a failed fetch; doubles per failure in a row.
 const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -95,12 +91,6 @@ struct State {
     closed: bool,
 }
 
-/// What a caller of the slow path gets: an answer now, or a fetch to wait on.
-enum Step {
-    Now(Outcome),
-    Wait(watch::Receiver<Option<Outcome>>),
-}
-
 impl Cache {
     pub(crate) fn new(config: CacheConfig, fetcher: Fetcher) -> Self {
         let forced_floor = config.min_refresh_interval;
@@ -136,9 +126,10 @@ impl Cache {
     pub(crate) fn sending(self: &Arc<Self>) -> Option<Sending> {
         self.ensure_refresher();
         let current = self.current.load();
-        let token = current.as_deref()?;
-        let usable = token.is_usable(Instant::now(), self.config.clock.now());
-        usable.then(|| Sending {
+        let token = current
+            .as_deref()
+            .filter(|t| t.is_usable(&self.config.clock))?;
+        Some(Sending {
             header: token.header.clone(),
             generation: token.generation,
             unproven: token.unproven_forced(),
@@ -147,22 +138,18 @@ impl Cache {
 
     /// The current token if it is usable.
     fn usable(&self) -> Option<Arc<Token>> {
-        let now = Instant::now();
-        let wall = self.config.clock.now();
-        self.current.load_full().filter(|t| t.is_usable(now, wall))
+        let current = self.current.load_full();
+        current.filter(|t| t.is_usable(&self.config.clock))
     }
 
     /// A usable token: the current one, a fetch in flight, the cached failure, or a new fetch.
     pub(crate) fn token(self: &Arc<Self>) -> BoxFuture<Outcome> {
         self.ensure_refresher();
-        let step = {
-            let mut state = self.lock();
-            match self.usable() {
-                Some(token) => Step::Now(Ok(token)),
-                None => self.join_or_fetch(&mut state, Reason::Demand),
-            }
-        };
-        wait(step)
+        let mut state = self.lock();
+        match self.usable() {
+            Some(token) => ready(Ok(token)),
+            None => self.join_or_fetch(&mut state, Reason::Demand),
+        }
     }
 
     /// A token newer than `rejected` to replay with, after the API rejected that one; an error
@@ -175,11 +162,11 @@ impl Cache {
     pub(crate) fn after_rejection(self: &Arc<Self>, rejected: u64) -> BoxFuture<Outcome> {
         self.ensure_refresher();
         let mut state = self.lock();
-        let step = match self.usable() {
-            Some(token) if token.generation != rejected => Step::Now(Ok(token)),
+        match self.usable() {
+            Some(token) if token.generation != rejected => ready(Ok(token)),
             // An expired token: an ordinary fetch, not a forced one.
             None => self.join_or_fetch(&mut state, Reason::Demand),
-            Some(_) if state.live_inflight().is_some() || state.failing() => {
+            Some(_) if state.live_inflight().is_some() || state.held_failure().is_some() => {
                 self.join_or_fetch(&mut state, Reason::Demand)
             }
             Some(token) => {
@@ -197,7 +184,7 @@ impl Cache {
                         floor_ms = floor.as_millis() as u64,
                         "forced refresh skipped: too soon after the last one"
                     );
-                    return wait(Step::Now(Err(Error::floor())));
+                    return ready(Err(Error::floor()));
                 }
                 state.forced_floor = floor;
                 state.last_forced = Some(now);
@@ -207,35 +194,28 @@ impl Cache {
                 );
                 self.join_or_fetch(&mut state, Reason::Forced)
             }
-        };
-        wait(step)
+        }
     }
 
     /// Records that the API accepted token `generation`, if it is still the current one.
     pub(crate) fn accepted(&self, generation: u64) {
         if let Some(token) = self.current.load().as_deref() {
             if token.generation == generation {
-                token.mark_accepted();
+                token.proven.store(true, Ordering::Relaxed);
             }
         }
     }
 
     /// Joins the fetch in flight, serves the cached failure, or starts a fetch.
-    fn join_or_fetch(self: &Arc<Self>, state: &mut State, reason: Reason) -> Step {
+    fn join_or_fetch(self: &Arc<Self>, state: &mut State, reason: Reason) -> BoxFuture<Outcome> {
         if let Some(rx) = state.live_inflight() {
-            return Step::Wait(rx);
+            return Box::pin(joined(rx));
         }
-        if let Some((error, until)) = &state.failure {
-            if Instant::now() < *until {
-                return Step::Now(Err(error.clone()));
-            }
+        if let Some((error, _)) = state.held_failure() {
+            return ready(Err(error.clone()));
         }
-        self.start_fetch(state, reason)
-    }
-
-    fn start_fetch(self: &Arc<Self>, state: &mut State, reason: Reason) -> Step {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Step::Now(Err(Error::new(Kind::NoRuntime)));
+            return ready(Err(Error::new(Kind::NoRuntime)));
         };
         let (tx, rx) = watch::channel(None);
         state.inflight = Some(rx.clone());
@@ -246,7 +226,7 @@ impl Cache {
             let outcome = cache.fetch(reason, attempt).await;
             tx.send_replace(Some(outcome));
         });
-        Step::Wait(rx)
+        Box::pin(joined(rx))
     }
 
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
@@ -456,34 +436,31 @@ impl Cache {
             tracing::debug!(
                 generation = token.generation,
                 in_ms = token
-                    .refresh_at()
+                    .refresh_at
                     .saturating_duration_since(Instant::now())
                     .as_millis() as u64,
                 "background refresh scheduled"
             );
             tokio::select! {
-                () = tokio::time::sleep_until(token.refresh_at()) => {}
+                () = tokio::time::sleep_until(token.refresh_at) => {}
                 () = changed => continue,
             }
             loop {
-                let step = {
+                let next = {
                     let mut state = self.lock();
                     match self.usable() {
                         Some(current) if current.generation == token.generation => {}
                         // A newer token arrived, or this one expired: start over.
                         _ => break,
                     }
-                    match &state.failure {
-                        Some((_, until)) if Instant::now() < *until => Err(*until),
-                        _ => Ok(match state.live_inflight() {
-                            Some(rx) => Step::Wait(rx),
-                            None => self.start_fetch(&mut state, Reason::Background),
-                        }),
+                    match state.held_failure() {
+                        Some((_, until)) => Err(*until),
+                        None => Ok(self.join_or_fetch(&mut state, Reason::Background)),
                     }
                 };
-                match step {
-                    Err(until) => tokio::time::sleep_until(until.min(token.usable_until())).await,
-                    Ok(step) => match wait(step).await {
+                match next {
+                    Err(until) => tokio::time::sleep_until(until.min(token.usable_until)).await,
+                    Ok(fetch) => match fetch.await {
                         Ok(_) => {
                             tracing::debug!("background refresh done");
                             break;
@@ -540,21 +517,22 @@ impl State {
             .cloned()
     }
 
-    fn failing(&self) -> bool {
+    /// The last failure and when it ends, while it is still served.
+    fn held_failure(&self) -> Option<&(Error, Instant)> {
         self.failure
             .as_ref()
-            .is_some_and(|(_, until)| Instant::now() < *until)
+            .filter(|(_, until)| Instant::now() < *until)
     }
 }
 
-fn wait(step: Step) -> BoxFuture<Outcome> {
-    Box::pin(async move {
-        match step {
-            Step::Now(outcome) => outcome,
-            Step::Wait(mut rx) => match rx.wait_for(Option::is_some).await {
-                Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(Error::cancelled())),
-                Err(_) => Err(Error::cancelled()),
-            },
-        }
-    })
+fn ready(outcome: Outcome) -> BoxFuture<Outcome> {
+    Box::pin(std::future::ready(outcome))
+}
+
+/// The outcome of the fetch in flight, shared by all who wait on it.
+async fn joined(mut rx: watch::Receiver<Option<Outcome>>) -> Outcome {
+    match rx.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(Error::cancelled())),
+        Err(_) => Err(Error::cancelled()),
+    }
 }

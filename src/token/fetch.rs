@@ -1,30 +1,22 @@
 //! The `POST /access/get_token` call: the request, its deadline and reading the answer.
 //! The token client is type-erased here so the layer carries no type parameter.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Method, Request, Response, Uri, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tower::ServiceExt;
 use tower_service::Service;
 
 use super::response::{self, MAX_ANSWER_BYTES, TokenAnswer};
-use super::{Clock, Credentials};
+use super::{BoxFuture, Clock, Credentials};
 use crate::error::{BoxError, Error, Kind, scrub};
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// What the token client answered, read whole (up to the limit).
-pub(crate) struct RawAnswer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Result<Bytes, BoxError>,
-}
+/// What the token client answered, its body read whole (up to the limit).
+type RawAnswer = Response<Result<Bytes, BoxError>>;
 
 type CallFn = dyn Fn(Request<Full<Bytes>>) -> BoxFuture<Result<RawAnswer, BoxError>> + Send + Sync;
 
@@ -65,11 +57,7 @@ impl Fetcher {
                     .collect()
                     .await
                     .map(|collected| collected.to_bytes());
-                Ok(RawAnswer {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body,
-                })
+                Ok(Response::from_parts(parts, body))
             })
         };
         let form = form_urlencoded::Serializer::new(String::new())
@@ -120,7 +108,8 @@ impl Fetcher {
             .await
             .map_err(|_| Error::new(Kind::Timeout { after: timeout }))?
             .map_err(|e| failed("", e))?;
-        let body = answer.body.map_err(|e| {
+        let (parts, body) = answer.into_parts();
+        let body = body.map_err(|e| {
             if e.is::<LengthLimitError>() {
                 let kib = MAX_ANSWER_BYTES / 1024;
                 Error::malformed(format!("the answer is longer than {kib} KiB"))
@@ -128,6 +117,6 @@ impl Fetcher {
                 failed("the answer was cut short: ", e)
             }
         })?;
-        response::parse(answer.status, &answer.headers, &body, &secrets, clock.now())
+        response::parse(parts.status, &parts.headers, &body, &secrets, clock.now())
     }
 }

@@ -100,14 +100,6 @@ struct Alone {
     streak: u32,
 }
 
-/// A token as sealed in the store.
-#[derive(Serialize, Deserialize)]
-struct SealedToken {
-    token: String,
-    account_id: u64,
-    user_id: Option<u64>,
-}
-
 /// A failed fetch as sealed in the store: enough to give every process the same error.
 #[derive(Serialize, Deserialize)]
 struct SealedFailure {
@@ -344,15 +336,10 @@ impl Fleet {
         let mut plain = self
             .sealer
             .open("token", stored.generation, &stored.value)?;
-        let parsed = serde_json::from_slice::<SealedToken>(&plain);
+        let answer = serde_json::from_slice(&plain);
         plain.fill(0);
-        let sealed = parsed.ok()?;
         Some(Obtained {
-            answer: TokenAnswer {
-                token: sealed.token,
-                account_id: sealed.account_id,
-                user_id: sealed.user_id,
-            },
+            answer: answer.ok()?,
             generation: stored.generation,
             remaining: stored.remaining.saturating_sub(read_at.elapsed()),
             fetched_here: false,
@@ -373,12 +360,7 @@ impl Fleet {
     }
 
     fn seal_token(&self, answer: &TokenAnswer, generation: u64) -> Vec<u8> {
-        let sealed = SealedToken {
-            token: answer.token.clone(),
-            account_id: answer.account_id,
-            user_id: answer.user_id,
-        };
-        let mut plain = serde_json::to_vec(&sealed).unwrap_or_default();
+        let mut plain = serde_json::to_vec(answer).unwrap_or_default();
         let value = self.sealer.seal("token", generation, &plain);
         plain.fill(0);
         value

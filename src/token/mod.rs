@@ -12,13 +12,15 @@ mod response;
 mod seal;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use tokio::time::Instant;
 
-pub(crate) use cache::{BoxFuture, Cache, CacheConfig, Outcome};
+pub(crate) use cache::{Cache, CacheConfig, Outcome};
 pub(crate) use clock::Clock;
 pub use clock::{SystemClock, WallClock};
 pub use credentials::Credentials;
@@ -26,6 +28,8 @@ pub(crate) use fetch::Fetcher;
 #[cfg(feature = "redis")]
 pub(crate) use fleet::{Failure, Fleet, FleetConfig, Want};
 pub(crate) use response::TokenAnswer;
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Prints `** redacted **` in place of a secret.
 pub(crate) struct Redacted;
@@ -97,28 +101,13 @@ impl Token {
 
     /// Whether the token may still be sent: both tokio's clock (which tests pause) and the
     /// wall clock (which runs on while the machine sleeps) must say so.
-    pub(crate) fn is_usable(&self, now: Instant, wall: SystemTime) -> bool {
-        now < self.usable_until && wall < self.wall_usable_until
-    }
-
-    /// When tokio's clock says the token may no longer be sent.
-    pub(crate) fn usable_until(&self) -> Instant {
-        self.usable_until
-    }
-
-    /// Records that the API accepted this token.
-    pub(crate) fn mark_accepted(&self) {
-        self.proven.store(true, Ordering::Relaxed);
+    fn is_usable(&self, wall: &Clock) -> bool {
+        Instant::now() < self.usable_until && wall.now() < self.wall_usable_until
     }
 
     /// A token fetched after a rejection that the API has not accepted yet.
     pub(crate) fn unproven_forced(&self) -> bool {
         self.forced && !self.proven.load(Ordering::Relaxed)
-    }
-
-    /// When the background refresh is due.
-    pub(crate) fn refresh_at(&self) -> Instant {
-        self.refresh_at
     }
 }
 

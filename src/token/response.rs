@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Kind, scrub};
@@ -15,8 +16,8 @@ pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The longest `Retry-After` obeyed; a longer one is taken as this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// A token as Lengow handed it out.
-#[derive(PartialEq, Eq)]
+/// A token as Lengow handed it out; serialized only to be sealed in a fleet's store.
+#[derive(PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TokenAnswer {
     pub(crate) token: String,
     pub(crate) account_id: u64,
@@ -42,39 +43,28 @@ pub(crate) fn parse(
     secrets: &[&str],
     now: SystemTime,
 ) -> Result<TokenAnswer, Error> {
-    match status {
-        StatusCode::OK | StatusCode::CREATED => parse_token(body),
+    let kind = match status {
+        StatusCode::OK | StatusCode::CREATED => return parse_token(body),
         StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            Err(Error::build(
-                Kind::InvalidCredentials { status },
-                server_message(body, secrets),
-                None,
-            ))
+            Kind::InvalidCredentials { status }
         }
-        StatusCode::TOO_MANY_REQUESTS => Err(Error::build(
-            Kind::RateLimited {
-                retry_after: retry_after(headers, now),
+        StatusCode::TOO_MANY_REQUESTS => Kind::RateLimited {
+            retry_after: retry_after(headers, now),
+        },
+        s if s.is_success() => {
+            let message = format!("status {} is not a token answer", s.as_u16());
+            return Err(Error::malformed(message));
+        }
+        s => Kind::Unavailable {
+            status: Some(s),
+            retry_after: if s == StatusCode::SERVICE_UNAVAILABLE {
+                retry_after(headers, now)
+            } else {
+                None
             },
-            server_message(body, secrets),
-            None,
-        )),
-        s if s.is_success() => Err(Error::malformed(format!(
-            "status {} is not a token answer",
-            s.as_u16()
-        ))),
-        s => Err(Error::build(
-            Kind::Unavailable {
-                status: Some(s),
-                retry_after: if s == StatusCode::SERVICE_UNAVAILABLE {
-                    retry_after(headers, now)
-                } else {
-                    None
-                },
-            },
-            server_message(body, secrets),
-            None,
-        )),
-    }
+        },
+    };
+    Err(Error::build(kind, server_message(body, secrets), None))
 }
 
 fn parse_token(body: &Bytes) -> Result<TokenAnswer, Error> {
