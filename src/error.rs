@@ -102,7 +102,6 @@ impl Error {
         Self::build(kind, Some(message.into()), source)
     }
 
-    /// The fetch task went away with its runtime before it answered.
     pub(crate) fn cancelled() -> Self {
         Self::unavailable("the token fetch was cancelled: its runtime shut down", None)
     }
@@ -127,7 +126,6 @@ impl Error {
         Self::unavailable("the token client panicked", None)
     }
 
-    /// No newer token: the floor between forced refreshes holds.
     pub(crate) fn floor() -> Self {
         Self::new(Kind::FloorHolds)
     }
@@ -254,48 +252,47 @@ impl fmt::Display for Error {
                 f,
                 "lengow refused the credentials ({}): check the access token and secret; no token is requested again until the cooldown ends",
                 status.as_u16()
-            )?,
-            Kind::RateLimited { retry_after } => {
-                f.write_str("lengow's auth service is rate limiting token requests")?;
-                if let Some(wait) = retry_after {
-                    write!(f, ": no token is requested for {}s", wait.as_secs())?;
-                }
+            ),
+            Kind::RateLimited { .. } => {
+                f.write_str("lengow's auth service is rate limiting token requests")
             }
             Kind::Unavailable {
-                status,
-                retry_after,
-            } => {
-                match status {
-                    Some(status) => write!(
-                        f,
-                        "lengow's auth service failed with status {}",
-                        status.as_u16()
-                    )?,
-                    None => f.write_str("the connection to lengow's auth service failed")?,
-                }
-                match retry_after {
-                    Some(wait) => write!(f, ": no token is requested for {}s", wait.as_secs())?,
-                    None => f.write_str(": token requests back off and retry")?,
-                }
+                status: Some(status),
+                ..
+            } => write!(
+                f,
+                "lengow's auth service failed with status {}",
+                status.as_u16()
+            ),
+            Kind::Unavailable { status: None, .. } => {
+                f.write_str("the connection to lengow's auth service failed")
             }
             Kind::Timeout { after } => write!(
                 f,
-                "lengow's auth service did not answer within {}ms: token requests back off and retry",
+                "lengow's auth service did not answer within {}ms",
                 after.as_millis()
-            )?,
+            ),
             Kind::MalformedResponse => {
-                f.write_str("lengow's auth service answered something that is not a token")?
+                f.write_str("lengow's auth service answered something that is not a token")
             }
-            Kind::Config => f.write_str("lengow-auth is misconfigured")?,
+            Kind::Config => f.write_str("lengow-auth is misconfigured"),
             Kind::NoRuntime => {
-                f.write_str("lengow-auth needs a tokio runtime: call it from within one")?
+                f.write_str("lengow-auth needs a tokio runtime: call it from within one")
             }
-            Kind::FloorHolds => f.write_str(
-                "no newer token: the floor between forced refreshes holds",
-            )?,
+            Kind::FloorHolds => {
+                f.write_str("no newer token: the floor between forced refreshes holds")
+            }
             Kind::NoTimers => f.write_str(
                 "lengow-auth needs tokio's timers: build the runtime with enable_time() or enable_all()",
-            )?,
+            ),
+        }?;
+        // What happens to token requests next, where the kind alone does not say.
+        match (self.inner.kind, self.retry_after()) {
+            (_, Some(wait)) => write!(f, ": no token is requested for {}s", wait.as_secs())?,
+            (Kind::Unavailable { .. } | Kind::Timeout { .. }, None) => {
+                f.write_str(": token requests back off and retry")?
+            }
+            _ => {}
         }
         if let Some(message) = &self.inner.message {
             write!(f, ": {message}")?;
@@ -320,10 +317,7 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.inner
-            .source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        Some(self.inner.source.as_deref()?)
     }
 }
 
@@ -334,9 +328,7 @@ pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
     const REDACTED: &str = "** redacted **";
     let mut out = text.to_owned();
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        if out.contains(secret) {
-            out = out.replace(secret, REDACTED);
-        }
+        out = out.replace(secret, REDACTED);
     }
     let out = scrub_uuids(&out, REDACTED);
     if out.len() > MAX {
@@ -350,44 +342,37 @@ pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
     }
 }
 
-/// Replaces runs shaped like `8-4-4-4-12` hex digits.
+/// Replaces every uuid (`8-4-4-4-12` hex digits) that does not follow a hex digit.
 fn scrub_uuids(text: &str, with: &str) -> String {
-    const SHAPE: [usize; 5] = [8, 4, 4, 4, 12];
     let bytes = text.as_bytes();
-    let matches_at = |start: usize| -> Option<usize> {
-        let mut i = start;
-        for (n, len) in SHAPE.iter().enumerate() {
-            if n > 0 {
-                if bytes.get(i) != Some(&b'-') {
-                    return None;
-                }
-                i += 1;
-            }
-            let run = bytes.get(i..i + len)?;
-            if !run.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            i += len;
-        }
-        Some(i)
-    };
     let mut out = String::with_capacity(text.len());
-    let mut i = 0;
     let mut copied = 0;
+    let mut i = 0;
     while i < bytes.len() {
         let boundary = i == 0 || !bytes[i - 1].is_ascii_hexdigit();
-        match matches_at(i).filter(|_| boundary) {
-            Some(end) => {
-                out.push_str(&text[copied..i]);
-                out.push_str(with);
-                i = end;
-                copied = end;
-            }
-            None => i += 1,
+        if boundary && starts_with_uuid(&bytes[i..]) {
+            out.push_str(&text[copied..i]);
+            out.push_str(with);
+            i += UUID_LEN;
+            copied = i;
+        } else {
+            i += 1;
         }
     }
     out.push_str(&text[copied..]);
     out
+}
+
+const UUID_LEN: usize = 36;
+
+fn starts_with_uuid(bytes: &[u8]) -> bool {
+    let Some(head) = bytes.get(..UUID_LEN) else {
+        return false;
+    };
+    head.iter().enumerate().all(|(i, b)| match i {
+        8 | 13 | 18 | 23 => *b == b'-',
+        _ => b.is_ascii_hexdigit(),
+    })
 }
 
 #[cfg(test)]
@@ -408,6 +393,68 @@ mod tests {
         assert_eq!(scrub("Invalid credentials", &[]), "Invalid credentials");
         let long = "x".repeat(2000);
         assert!(scrub(&long, &[]).chars().count() <= 513);
+    }
+
+    #[test]
+    fn scrub_finds_uuids_anywhere_but_inside_hex_runs() {
+        let id = "0A1B2C3D-0000-4abc-8def-0123456789ab";
+        assert_eq!(scrub_uuids(id, "*"), "*");
+        assert_eq!(scrub_uuids(&format!("é{id} {id}."), "*"), "é* *.");
+        assert_eq!(scrub_uuids(&format!("{id}{id}"), "*"), format!("*{id}"));
+        assert_eq!(scrub_uuids(&format!("f{id}"), "*"), format!("f{id}"));
+        assert_eq!(scrub_uuids(&id[..35], "*"), &id[..35]);
+        assert_eq!(
+            scrub_uuids(&id.replace('-', "_"), "*"),
+            id.replace('-', "_")
+        );
+    }
+
+    #[test]
+    fn display_says_what_token_requests_do_next() {
+        let secs = |n| Some(Duration::from_secs(n));
+        let cases = [
+            (
+                Error::new(Kind::RateLimited {
+                    retry_after: secs(2),
+                }),
+                "lengow's auth service is rate limiting token requests: no token is requested for 2s",
+            ),
+            (
+                Error::new(Kind::RateLimited { retry_after: None }),
+                "lengow's auth service is rate limiting token requests",
+            ),
+            (
+                Error::new(Kind::Unavailable {
+                    status: Some(StatusCode::SERVICE_UNAVAILABLE),
+                    retry_after: None,
+                }),
+                "lengow's auth service failed with status 503: token requests back off and retry",
+            ),
+            (
+                Error::build(
+                    Kind::Unavailable {
+                        status: None,
+                        retry_after: secs(5),
+                    },
+                    Some("reset".into()),
+                    None,
+                ),
+                "the connection to lengow's auth service failed: no token is requested for 5s: reset",
+            ),
+            (
+                Error::new(Kind::Timeout {
+                    after: Duration::from_secs(10),
+                }),
+                "lengow's auth service did not answer within 10000ms: token requests back off and retry",
+            ),
+            (
+                Error::floor(),
+                "no newer token: the floor between forced refreshes holds",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
     }
 
     #[test]

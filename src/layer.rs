@@ -19,6 +19,8 @@ use crate::service::LengowAuth;
 use crate::shared::{Handle, Origin, Shared};
 use crate::stats::Stats;
 use crate::token::{Cache, CacheConfig, Clock, Credentials, Fetcher, Redacted, WallClock};
+#[cfg(feature = "redis")]
+use crate::token::{Fleet, FleetConfig};
 
 /// Lengow's production API origin.
 pub const DEFAULT_API_URL: &str = "https://api.lengow.io";
@@ -282,18 +284,13 @@ impl LengowAuthBuilder {
         let endpoint = token_endpoint(&self.api_url)?;
         #[cfg(feature = "redis")]
         let fleet = self.store.map(|store| {
-            let config = crate::token::FleetConfig {
+            let config = FleetConfig {
                 lifetime: self.token_lifetime,
                 refresh_ahead: self.refresh_ahead,
                 fetch_timeout: self.fetch_timeout,
             };
             let origin = endpoint.to_string();
-            Arc::new(crate::token::Fleet::new(
-                store,
-                &self.credentials,
-                &origin,
-                config,
-            ))
+            Arc::new(Fleet::new(store, &self.credentials, &origin, config))
         });
         let fetcher = Fetcher::new(token_client, endpoint, self.credentials, self.fetch_timeout);
         let cache = Cache::new(

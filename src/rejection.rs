@@ -27,18 +27,13 @@ pub struct TokenRejected {
     why: Why,
 }
 
-/// Why a rejection was returned as it is.
+/// Why a rejection was returned as it is; `Display` says it in words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Why {
-    /// The replay, with a newer token, was rejected too.
     ReplayRejected,
-    /// No newer token: the floor between forced refreshes holds.
     Floor,
-    /// No newer token: the fetch failed, or failures are being backed off.
     NoToken,
-    /// The body was over `replay_body_limit`, or could not be kept.
     BodyNotKept,
-    /// The route rejected a fresh token before: the token is not what it refuses.
     KnownRoute,
 }
 
@@ -104,21 +99,16 @@ impl Routes {
     }
 
     /// Whether the route of `method` and `uri` is remembered as rejecting fresh tokens.
+    /// Routes whose memory has run out are forgotten on the way.
     pub(crate) fn rejects(&self, method: &Method, uri: &Uri) -> bool {
         if !self.any.load(Ordering::Relaxed) {
             return false;
         }
         let mut known = self.lock();
-        let key = (method.clone(), uri.path().to_owned());
-        match known.get(&key) {
-            Some(until) if Instant::now() < *until => true,
-            Some(_) => {
-                known.remove(&key);
-                self.any.store(!known.is_empty(), Ordering::Relaxed);
-                false
-            }
-            None => false,
-        }
+        let now = Instant::now();
+        known.retain(|_, until| now < *until);
+        self.any.store(!known.is_empty(), Ordering::Relaxed);
+        known.contains_key(&(method.clone(), uri.path().to_owned()))
     }
 
     /// Remembers that the route rejected a fresh token.
@@ -171,6 +161,12 @@ mod tests {
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(!routes.rejects(&Method::GET, &uri("/v3.0/x")));
         assert!(!routes.any.load(Ordering::Relaxed));
+        // A lookup forgets every route whose memory ran out, not only the one asked about.
+        routes.learn(&Method::GET, &uri("/v3.0/a"));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        routes.learn(&Method::GET, &uri("/v3.0/b"));
+        assert!(routes.rejects(&Method::GET, &uri("/v3.0/b")));
+        assert_eq!(routes.lock().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
