@@ -8,6 +8,8 @@
 //! token, and 404 for a path it does not know. Token lifetimes are judged on tokio's clock, so
 //! tests with a paused clock can expire a token with `tokio::time::advance`.
 //!
+//! [`RedisServer`] starts a throwaway `redis-server` for tests of a fleet sharing a store.
+//!
 //! ```rust
 //! use http_body_util::{BodyExt, Full};
 //! use hyper_util::client::legacy::Client;
