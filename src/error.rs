@@ -102,6 +102,7 @@ impl Error {
         Self::build(kind, Some(message.into()), source)
     }
 
+    /// The fetch task went away with its runtime before it answered.
     pub(crate) fn cancelled() -> Self {
         Self::unavailable("the token fetch was cancelled: its runtime shut down", None)
     }
