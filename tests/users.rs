@@ -1,6 +1,7 @@
 //! What a user of the crate relies on at its edges: the origin the layer reports, path-only
 //! request URIs resolved against it through a hyper-util client, and a path-only request whose
-//! `Host` header names another host passing through untouched.
+//! `Host` header names another host passing through untouched, and tower-http's
+//! `FollowRedirect` inside the layer.
 
 mod common;
 
@@ -9,12 +10,16 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::*;
-use http::header::{AUTHORIZATION, HOST};
+use http::header::{AUTHORIZATION, HOST, LOCATION};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use lengow_auth::testing::FakeLengow;
 use lengow_auth::{Credentials, DEFAULT_API_URL, LengowAuthLayer, ReplayBody};
 use tower::{Layer, ServiceExt};
+use tower_http::follow_redirect::FollowRedirectLayer;
 
 #[tokio::test]
 async fn the_layer_says_which_origin_it_was_built_for() {
@@ -182,4 +187,84 @@ async fn stats_serialise_for_a_stats_endpoint() {
     assert_eq!(json["replays"], 1);
     assert_eq!(json["fetch_failures"], 0);
     assert_eq!(json.as_object().unwrap().len(), 12, "{json}");
+}
+
+/// The API's own client behind a redirect: `/moved` answers 307 to `moved_to`, `/away` to
+/// `away`, and every other request goes to the network through hyper-util.
+fn redirecting(
+    moved_to: String,
+    away: String,
+) -> impl tower::Service<
+    Request<ReplayBody<Empty<Bytes>>>,
+    Response = Response<UnsyncBoxBody<Bytes, BoxError>>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone {
+    let api = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Empty<Bytes>>>();
+    tower::service_fn(move |request: Request<ReplayBody<Empty<Bytes>>>| {
+        let location = match request.uri().path() {
+            "/moved" => Some(moved_to.clone()),
+            "/away" => Some(away.clone()),
+            _ => None,
+        };
+        let api = api.clone();
+        async move {
+            if let Some(location) = location {
+                let redirect = Response::builder()
+                    .status(StatusCode::TEMPORARY_REDIRECT)
+                    .header(LOCATION, location)
+                    .body(Empty::new().map_err(Into::into).boxed_unsync())?;
+                return Ok(redirect);
+            }
+            let response = api.oneshot(request).await?;
+            Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+        }
+    })
+}
+
+#[tokio::test]
+async fn follow_redirect_sits_inside_the_layer_and_drops_the_token_for_another_origin() {
+    let fake = FakeLengow::start().await;
+    let elsewhere = FakeLengow::start().await;
+    let layer = builder(&fake).build(token_client()).unwrap();
+    let account_id = layer.account_id().await.unwrap();
+    let orders = format!("/v3.0/orders?account_id={account_id}");
+    let client = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .layer(FollowRedirectLayer::new())
+        .service(redirecting(fake.url(&orders), elsewhere.url(&orders)));
+    let get = |path: &str, id: &str| {
+        Request::get(fake.url(path))
+            .header("x-request-id", id)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+
+    // Followed on the Lengow origin, with the token.
+    let response = client
+        .clone()
+        .oneshot(get("/moved", "moved"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fake.attempts("moved"), 1);
+
+    // A rejection after the redirect is replayed through it, with the newer token.
+    fake.revoke_all_tokens();
+    let response = client
+        .clone()
+        .oneshot(get("/moved", "again"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fake.attempts("again"), 2);
+    assert_eq!(fake.token_fetches(), 2);
+    assert_eq!(fake.requests_without_token(), 0);
+
+    // Followed to another origin without it: tower-http drops `Authorization` on the way.
+    let response = client.oneshot(get("/away", "away")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(elsewhere.requests_without_token(), 1);
+    assert_eq!(elsewhere.seen_authorizations(), Vec::<String>::new());
+    assert_eq!(elsewhere.token_fetches(), 0);
 }
