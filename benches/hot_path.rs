@@ -16,7 +16,8 @@
 //!
 //! Criterion times each stack; then an alternating pass sends `ROUNDS` rounds through every
 //! stack of a group in turn, so that load from other processes falls on all of them alike, and
-//! prints the medians and the ratios BENCHMARKS.md gives.
+//! prints the medians and the ratios BENCHMARKS.md gives, and what the two clock reads the
+//! layer makes per request take by themselves.
 
 #[path = "support/stacks.rs"]
 mod stacks;
@@ -93,6 +94,16 @@ where
         }
         start.elapsed()
     })
+}
+
+/// Reads tokio's clock and the wall clock `n` times, as the layer does once per request to
+/// judge its token; returns the time taken.
+fn clock_reads(n: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..n {
+        black_box((tokio::time::Instant::now(), std::time::SystemTime::now()));
+    }
+    start.elapsed()
 }
 
 /// Times every stack with criterion under `group`, then runs the alternating pass and returns
@@ -210,6 +221,17 @@ fn main() {
         let post_rounds = compare(&mut c, "post", &mut post, SEQUENTIAL_PER_ROUND);
         drop(post);
         print_overheads("get (3 headers, no body)", &names, &get_rounds);
+        if measuring() {
+            let per_read = |_| {
+                let elapsed = clock_reads(SEQUENTIAL_PER_ROUND);
+                elapsed.as_nanos() as f64 / SEQUENTIAL_PER_ROUND as f64
+            };
+            let reads: Vec<f64> = (0..ROUNDS).map(per_read).collect();
+            println!(
+                "  of which the layer's two clock reads (tokio's, the wall clock's) {:.1}",
+                median(&reads)
+            );
+        }
         print_overheads("post (3 headers, 1 KiB read)", &names, &post_rounds);
     }
 
