@@ -78,10 +78,9 @@ impl Origin {
     pub(crate) fn admits<B>(&self, request: &mut Request<B>) -> bool {
         let uri = request.uri();
         if let Some(authority) = uri.authority() {
-            // Spelled as `api_url` spells it (the usual case), or else compared part by part.
-            let same = authority
-                .as_str()
-                .eq_ignore_ascii_case(self.authority.as_str());
+            // Spelled byte for byte as `api_url` spells it (the usual case, and a plain
+            // compare), or else compared part by part, the host in any case.
+            let same = authority.as_str() == self.authority.as_str();
             return (same && uri.scheme() == Some(&self.scheme))
                 || self.matches(uri.scheme(), uri.host(), uri.port_u16());
         }
