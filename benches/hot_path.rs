@@ -222,11 +222,10 @@ fn main() {
         drop(post);
         print_overheads("get (3 headers, no body)", &names, &get_rounds);
         if measuring() {
-            let per_read = |_| {
-                let elapsed = clock_reads(SEQUENTIAL_PER_ROUND);
-                elapsed.as_nanos() as f64 / SEQUENTIAL_PER_ROUND as f64
-            };
-            let reads: Vec<f64> = (0..ROUNDS).map(per_read).collect();
+            let reads: Vec<f64> = (0..ROUNDS)
+                .map(|_| clock_reads(SEQUENTIAL_PER_ROUND).as_nanos() as f64)
+                .map(|ns| ns / SEQUENTIAL_PER_ROUND as f64)
+                .collect();
             println!(
                 "  of which the layer's two clock reads (tokio's, the wall clock's) {:.1}",
                 median(&reads)
